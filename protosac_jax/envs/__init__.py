@@ -1,0 +1,68 @@
+"""Env registry: names, aliases and the original's `--environment 0..6` indices."""
+
+from __future__ import annotations
+
+from protosac_jax.envs.base import EnvError, EnvSpec, StepResult
+from protosac_jax.envs.gymnax_envs import GYMNAX_ENVS, GymnaxEnv
+
+# The original ProtoSAC's --environment indices.
+ORIGINAL_INDICES = {
+    0: "Pendulum-v1",
+    1: "LunarLanderContinuous-v3",
+    2: "MountainCarContinuous-v0",
+    3: "HalfCheetah-v5",
+    4: "Humanoid-v5",
+    5: "Hopper-v5",
+    6: "CarRacing-v3",
+}
+
+ALIASES = {
+    "pendulum": "pendulum",
+    "pendulum-v1": "pendulum",
+    "mountaincar": "mountaincar",
+    "mountaincarcontinuous": "mountaincar",
+    "mountaincarcontinuous-v0": "mountaincar",
+}
+
+MJX_NAMES = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inverted_pendulum",
+             "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
+GYMNASIUM_IDS = ("LunarLanderContinuous-v3", "HalfCheetah-v5", "Humanoid-v5", "Hopper-v5",
+                 "CarRacing-v3", "BipedalWalker-v3", "Walker2d-v5", "Ant-v5")
+
+SUPPORTED = tuple(GYMNAX_ENVS)
+
+
+def env_help() -> str:
+    return ("pendulum (Pendulum-v1, gymnax), mountaincar (MountainCarContinuous-v0, gymnax); "
+            "coming: MJX locomotion (" + ", ".join(MJX_NAMES) + ") and Gymnasium ids ("
+            + ", ".join(GYMNASIUM_IDS) + ")")
+
+
+def resolve_name(name: str) -> str:
+    """Canonical env name, or EnvError with a one-line reason."""
+    canonical = ALIASES.get(name.lower())
+    if canonical is not None:
+        return canonical
+    if name.lower() in MJX_NAMES:
+        raise EnvError(f"env {name!r} needs the MJX locomotion backend, which is not built yet "
+                       "(issue #4: MJX locomotion at scale)")
+    if "-v" in name:
+        raise EnvError(f"env {name!r} needs the Gymnasium host backend, which is not built yet "
+                       "(issue #5: Gymnasium host envs)")
+    raise EnvError(f"unknown env {name!r}; available: {', '.join(SUPPORTED)}")
+
+
+def resolve_index(index: int) -> str:
+    if index not in ORIGINAL_INDICES:
+        raise EnvError(f"--environment must be 0..6 (got {index})")
+    return resolve_name(ORIGINAL_INDICES[index])
+
+
+def make_env(name: str):
+    """The device env for a (possibly aliased) name."""
+    canonical = resolve_name(name)
+    return GymnaxEnv(canonical)
+
+
+__all__ = ["EnvError", "EnvSpec", "StepResult", "make_env", "resolve_name", "resolve_index",
+           "ORIGINAL_INDICES", "env_help"]

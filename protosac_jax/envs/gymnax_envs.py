@@ -1,0 +1,98 @@
+"""Pure-JAX classic control (gymnax): Pendulum-v1, MountainCarContinuous-v0.
+
+One env = pure functions `reset(key)` and `step(key, state, action)` on a single, unbatched
+env; the loop vmaps them over `--num-envs`. Actions arrive in [-1, 1] and are rescaled to the
+env's Box bounds here, so the actor never needs to know them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from protosac_jax.envs.base import EnvSpec, StepResult
+
+# name -> (gymnax id, render-state field names in order)
+GYMNAX_ENVS = {
+    "pendulum": ("Pendulum-v1", ("theta", "theta_dot", "last_u")),
+    "mountaincar": ("MountainCarContinuous-v0", ("position", "velocity")),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _make(env_id: str):
+    import gymnax  # imported lazily: only the gymnax backend needs it
+
+    return gymnax.make(env_id)
+
+
+@functools.lru_cache(maxsize=None)
+def _spec(name: str) -> EnvSpec:
+    env_id, render_fields = GYMNAX_ENVS[name]
+    env, params = _make(env_id)
+    space = env.action_space(params)
+    with jax.ensure_compile_time_eval():  # spec may first be asked for inside a trace
+        low = np.broadcast_to(np.asarray(space.low, np.float32), space.shape)
+        high = np.broadcast_to(np.asarray(space.high, np.float32), space.shape)
+    return EnvSpec(
+        name=name, env_id=env_id, backend="gymnax",
+        obs_shape=tuple(env.observation_space(params).shape),
+        action_dim=int(space.shape[0]),
+        action_low=tuple(float(x) for x in low), action_high=tuple(float(x) for x in high),
+        episode_length=int(params.max_steps_in_episode), render_dim=len(render_fields),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class GymnaxEnv:
+    """A gymnax env behind the device-env interface (see envs/base.py)."""
+
+    name: str
+
+    @property
+    def env_id(self) -> str:
+        return GYMNAX_ENVS[self.name][0]
+
+    @property
+    def render_fields(self) -> tuple[str, ...]:
+        return GYMNAX_ENVS[self.name][1]
+
+    @property
+    def _env(self):
+        return _make(self.env_id)[0]
+
+    @property
+    def params(self):
+        return _make(self.env_id)[1]
+
+    @property
+    def spec(self) -> EnvSpec:
+        return _spec(self.name)
+
+    def render_state(self, env_state) -> jax.Array:
+        """The fields a renderer needs to draw this state, as a float32 vector."""
+        return jnp.stack([jnp.asarray(getattr(env_state, f), jnp.float32)
+                          for f in self.render_fields])
+
+    def reset(self, key):
+        obs, state = self._env.reset(key, self.params)
+        return state, obs.astype(jnp.float32)
+
+    def step(self, key, env_state, action) -> StepResult:
+        spec = self.spec
+        low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+        scaled = low + (jnp.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (high - low)
+        obs, state, reward, terminated, truncated, info = self._env.step(
+            key, env_state, scaled, self.params)
+        return StepResult(
+            env_state=state,
+            obs=obs.astype(jnp.float32),
+            reward=jnp.asarray(reward, jnp.float32).reshape(()),
+            terminated=jnp.asarray(terminated).reshape(()),
+            truncated=jnp.logical_and(truncated, jnp.logical_not(terminated)).reshape(()),
+            final_obs=info["final_observation"].astype(jnp.float32),
+        )

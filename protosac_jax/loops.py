@@ -1,0 +1,231 @@
+"""The device training loop: collect + update + projection + eval inside jitted `lax.scan`s.
+
+One iteration = every env takes one step (the transitions go into the device buffer), then
+`updates_per_iteration` gradient steps, then a projection of the prototypes if the update
+count crossed a multiple of `projection_every`. `run_chunk` scans many iterations and ends
+with a deterministic evaluation, all in one compiled call; the host only logs between chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from protosac_jax import replay, sac
+from protosac_jax.config import TrainConfig
+from protosac_jax.prototype import ProtoActor, Provenance, project_prototypes
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run is: learner, buffer, envs, noise, counters, provenance, rng."""
+
+    learner: sac.SACState
+    buffer: replay.ReplayState
+    env_state: Any  # batched over envs
+    obs: jax.Array  # [N, *obs_shape]
+    noise: jax.Array  # [N, A] temporally-correlated exploration noise
+    episode_return: jax.Array  # [N] running return of the current episode
+    provenance: Provenance  # prototype origins (all -1 for the baseline)
+    rng: jax.Array
+    env_steps: jax.Array  # int32, summed over envs
+
+
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    """Static description of a run (hashable: a static argument of the jitted chunks)."""
+
+    env: Any
+    actor: Any
+    cfg: TrainConfig
+
+    @property
+    def spec(self):
+        return self.env.spec
+
+    @property
+    def updates_per_iteration(self) -> int:
+        return max(1, round(self.cfg.num_envs * self.cfg.updates_per_step))
+
+    @property
+    def is_proto(self) -> bool:
+        return isinstance(self.actor, ProtoActor)
+
+
+def make_actor(cfg: TrainConfig, action_dim: int):
+    from protosac_jax.networks import GaussianActor
+
+    if cfg.baseline:
+        return GaussianActor(action_dim, tuple(cfg.sac.hidden_sizes), cfg.sac.log_std_min,
+                             cfg.sac.log_std_max)
+    return ProtoActor(action_dim, cfg.proto, tuple(cfg.sac.hidden_sizes))
+
+
+def init_state(loop: Loop, key) -> TrainState:
+    spec, cfg = loop.spec, loop.cfg
+    learner_key, env_key, noise_key, rng = jax.random.split(key, 4)
+    env_state, obs = jax.vmap(loop.env.reset)(jax.random.split(env_key, cfg.num_envs))
+    learner = sac.init(learner_key, loop.actor, cfg.sac, obs[0], spec.action_dim)
+    render = loop.env.render_state(jax.tree_util.tree_map(lambda x: x[0], env_state))
+    example = replay.Transition(
+        obs=obs[0], action=jnp.zeros((spec.action_dim,), jnp.float32),
+        reward=jnp.zeros((), jnp.float32), next_obs=obs[0],
+        terminated=jnp.zeros((), jnp.float32), render_state=render)
+    return TrainState(
+        learner=learner,
+        buffer=replay.init(cfg.buffer_size, example),
+        env_state=env_state,
+        obs=obs,
+        noise=jax.random.normal(noise_key, (cfg.num_envs, spec.action_dim)),
+        episode_return=jnp.zeros((cfg.num_envs,), jnp.float32),
+        provenance=Provenance.empty(cfg.proto.num_prototypes, obs[0], render),
+        rng=rng,
+        env_steps=jnp.zeros((), jnp.int32),
+    )
+
+
+def correlated_noise(noise, key, rho: float):
+    """eps_t = rho eps_{t-1} + sqrt(1 - rho^2) xi_t: AR(1) noise with N(0, 1) marginals."""
+    fresh = jax.random.normal(key, noise.shape)
+    return rho * noise + math.sqrt(1.0 - rho * rho) * fresh
+
+
+def env_step(loop: Loop, ts: TrainState, random_actions: bool):
+    """Every env takes one step; the transitions are inserted into the buffer.
+
+    Returns the new state and (sum of returns of episodes that ended, number that ended).
+    """
+    cfg = loop.cfg
+    rng, noise_key, act_key, step_key = jax.random.split(ts.rng, 4)
+    noise = correlated_noise(ts.noise, noise_key, cfg.noise_correlation)
+    if random_actions:
+        # erf(eps / sqrt 2) = 2 Phi(eps) - 1 turns N(0,1) noise into U(-1, 1) actions, keeping
+        # the noise's temporal correlation (plain uniform warm-up when rho = 0).
+        actions = jax.scipy.special.erf(noise / math.sqrt(2.0))
+    else:
+        actions = loop.actor.act(ts.learner.actor_params, ts.obs, noise, act_key)
+    render = jax.vmap(loop.env.render_state)(ts.env_state)
+    result = jax.vmap(loop.env.step)(jax.random.split(step_key, cfg.num_envs), ts.env_state,
+                                     actions)
+    transition = replay.Transition(
+        obs=ts.obs, action=actions, reward=result.reward, next_obs=result.final_obs,
+        terminated=result.terminated.astype(jnp.float32), render_state=render)
+    done = jnp.logical_or(result.terminated, result.truncated)
+    episode_return = ts.episode_return + result.reward
+    finished = (jnp.sum(jnp.where(done, episode_return, 0.0)), jnp.sum(done))
+    ts = ts.replace(
+        buffer=replay.insert(ts.buffer, transition),
+        env_state=result.env_state,
+        obs=result.obs,
+        noise=noise,
+        episode_return=jnp.where(done, 0.0, episode_return),
+        rng=rng,
+        env_steps=ts.env_steps + cfg.num_envs,
+    )
+    return ts, finished
+
+
+def maybe_project(loop: Loop, ts: TrainState, updates_before) -> TrainState:
+    """Project the prototypes when the update count crossed a multiple of projection_every."""
+    every = loop.cfg.proto.projection_every
+    if not loop.is_proto or every <= 0:
+        return ts
+    learner = ts.learner
+    crossed = (learner.num_updates // every) > (updates_before // every)
+
+    def project(ts):
+        params, provenance = project_prototypes(
+            loop.actor, ts.learner.actor_params, ts.buffer.data.obs,
+            ts.buffer.data.render_state, ts.buffer.size, ts.learner.num_updates,
+            loop.cfg.proto.projection_chunk)
+        return ts.replace(learner=ts.learner.replace(actor_params=params),
+                          provenance=provenance)
+
+    return jax.lax.cond(crossed, project, lambda ts: ts, ts)
+
+
+def train_iteration(loop: Loop, ts: TrainState):
+    ts, finished = env_step(loop, ts, random_actions=False)
+    rng, update_key = jax.random.split(ts.rng)
+    updates_before = ts.learner.num_updates
+    learner, metrics = sac.update_many(
+        ts.learner, ts.buffer, update_key, loop.updates_per_iteration, loop.actor, loop.cfg.sac,
+        loop.spec.action_dim)
+    ts = maybe_project(loop, ts.replace(learner=learner, rng=rng), updates_before)
+    return ts, (finished, metrics)
+
+
+def evaluate(loop: Loop, actor_params, key, num_episodes: int):
+    """Deterministic returns of `num_episodes` full episodes, run in parallel."""
+    env = loop.env
+    env_state, obs = jax.vmap(env.reset)(jax.random.split(key, num_episodes))
+
+    def step(carry, step_key):
+        env_state, obs, total, alive = carry
+        actions = loop.actor.deterministic(actor_params, obs)
+        result = jax.vmap(env.step)(jax.random.split(step_key, num_episodes), env_state, actions)
+        total = total + alive * result.reward
+        alive = alive * (1.0 - jnp.logical_or(result.terminated, result.truncated))
+        return (result.env_state, result.obs, total, alive), None
+
+    init = (env_state, obs, jnp.zeros((num_episodes,)), jnp.ones((num_episodes,)))
+    (_, _, total, _), _ = jax.lax.scan(
+        step, init, jax.random.split(jax.random.fold_in(key, 1), loop.spec.episode_length))
+    return total
+
+
+def run_chunk(loop: Loop, ts: TrainState, num_iterations: int, warmup: bool):
+    """`num_iterations` iterations (random warm-up or training), then an evaluation.
+
+    Jit with `loop`, `num_iterations` and `warmup` static.
+    """
+    if warmup:
+        def body(ts, _):
+            ts, finished = env_step(loop, ts, random_actions=True)
+            return ts, (finished, {})
+    else:
+        def body(ts, _):
+            return train_iteration(loop, ts)
+
+    ts, (finished, metrics) = jax.lax.scan(body, ts, None, length=num_iterations)
+    rng, eval_key = jax.random.split(ts.rng)
+    ts = ts.replace(rng=rng)
+    returns = evaluate(loop, ts.learner.actor_params, eval_key, loop.cfg.eval_episodes)
+    out = {k: jnp.mean(v) for k, v in metrics.items()}
+    return_sum, count = jnp.sum(finished[0]), jnp.sum(finished[1])
+    out["charts/episodic_return"] = jnp.where(count > 0, return_sum / jnp.maximum(count, 1),
+                                              jnp.nan)
+    out["charts/episodes"] = count
+    out["eval/return_mean"] = jnp.mean(returns)
+    out["eval/return_std"] = jnp.std(returns)
+    out["eval/return_min"] = jnp.min(returns)
+    out["charts/buffer_size"] = ts.buffer.size
+    out["charts/updates"] = ts.learner.num_updates
+    return ts, out
+
+
+run_chunk_jit = jax.jit(run_chunk, static_argnums=(0, 2, 3), donate_argnums=(1,))
+init_state_jit = jax.jit(init_state, static_argnums=(0,))
+
+
+def schedule(cfg: TrainConfig) -> list[tuple[int, bool]]:
+    """Chunks as (iterations, warmup): one warm-up chunk, then eval-sized training chunks.
+
+    Total env steps are rounded up to whole iterations of `num_envs` steps.
+    """
+    total_iters = max(1, math.ceil(cfg.total_steps / cfg.num_envs))
+    warmup_iters = min(total_iters, math.ceil(cfg.learning_starts / cfg.num_envs))
+    chunk = max(1, cfg.eval_every // cfg.num_envs)
+    chunks: list[tuple[int, bool]] = []
+    if warmup_iters:
+        chunks.append((warmup_iters, True))
+    remaining = total_iters - warmup_iters
+    while remaining > 0:
+        chunks.append((min(chunk, remaining), False))
+        remaining -= chunk
+    return chunks

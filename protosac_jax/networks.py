@@ -1,0 +1,114 @@
+"""Networks: MLP encoder, twin critic, the baseline squashed-Gaussian actor.
+
+Actors share one small interface so `sac.py` never branches on which one it trains:
+
+* ``init(key, obs) -> params``
+* ``samples(params, obs, key) -> (actions[B,S,A], log_probs[B,S], sample_weights[B,S])``:
+  S reparameterised samples per state and the weights with which their terms enter the SAC
+  losses (S=1, weight 1 for a single Gaussian; see prototype.py for the mixture).
+* ``act(params, obs, noise, key) -> actions[B,A]``: exploration action for given N(0,1) noise.
+* ``deterministic(params, obs) -> actions[B,A]``: evaluation action.
+* ``aux_loss(params, obs) -> (loss, metrics)``: extra actor terms (0 for the baseline).
+
+Actors are frozen dataclasses (hashable), so they are static arguments of `jax.jit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+class MLP(nn.Module):
+    """ReLU MLP; the last layer is linear."""
+
+    hidden_sizes: Sequence[int]
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        for width in self.hidden_sizes:
+            x = nn.relu(nn.Dense(width)(x))
+        return nn.Dense(self.out_dim)(x)
+
+
+class TwinCritic(nn.Module):
+    """Two independent Q-networks evaluated as one batched (vmapped) network."""
+
+    hidden_sizes: Sequence[int]
+    num_critics: int = 2
+
+    @nn.compact
+    def __call__(self, obs, action):
+        x = jnp.concatenate([obs, action], axis=-1)
+        ensemble = nn.vmap(
+            MLP,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=self.num_critics,
+        )
+        return ensemble(self.hidden_sizes, 1)(x)[..., 0]  # [num_critics, ...]
+
+
+def gaussian_log_prob(u, mean, std):
+    """Sum over the last axis of log N(u; mean, std)."""
+    z = (u - mean) / std
+    return jnp.sum(-0.5 * z * z - jnp.log(std) - 0.5 * LOG_2PI, axis=-1)
+
+
+def tanh_log_det(u):
+    """Sum over the last axis of log(1 - tanh(u)^2), computed stably.
+
+    log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))   (as in SAC's reference code).
+    """
+    return jnp.sum(2.0 * (math.log(2.0) - u - jax.nn.softplus(-2.0 * u)), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianActor:
+    """Plain SAC actor: MLP -> (mean, log-std), tanh-squashed (the `--baseline`)."""
+
+    action_dim: int
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    log_std_min: float = -20.0
+    log_std_max: float = 2.0
+
+    @property
+    def net(self) -> MLP:
+        return MLP(self.hidden_sizes, 2 * self.action_dim)
+
+    def init(self, key, obs):
+        return self.net.init(key, obs)
+
+    def _mean_std(self, params, obs):
+        out = self.net.apply(params, obs)
+        mean, log_std = jnp.split(out, 2, axis=-1)
+        log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)
+        return mean, jnp.exp(log_std)
+
+    def samples(self, params, obs, key):
+        mean, std = self._mean_std(params, obs)
+        u = mean + std * jax.random.normal(key, mean.shape)
+        log_prob = gaussian_log_prob(u, mean, std) - tanh_log_det(u)
+        return jnp.tanh(u)[:, None], log_prob[:, None], jnp.ones_like(log_prob)[:, None]
+
+    def act(self, params, obs, noise, key):
+        del key
+        mean, std = self._mean_std(params, obs)
+        return jnp.tanh(mean + std * noise)
+
+    def deterministic(self, params, obs):
+        return jnp.tanh(self._mean_std(params, obs)[0])
+
+    def aux_loss(self, params, obs):
+        del params, obs
+        return jnp.zeros(()), {}

@@ -1,0 +1,302 @@
+"""ProtoSAC: an actor made of prototypes ("This State Looks Like That").
+
+The whole method in one file, as pure functions on pytrees.
+
+Notation: obs x, encoder f, latent z = f(x) in R^D, prototypes P = (p_1..p_K) in R^{K x D}.
+Prototype k owns a state-independent Gaussian over pre-squash actions: mean m_k, log-std l_k.
+
+1. Distances   d_k = ||z - p_k||^2.
+2. Similarity  `log`     s_k = log((d_k + 1) / (d_k + eps))         (ProtoPNet, default)
+               `rbf`     s_k = exp(-d_k / tau)
+               `softmax` s_k = -d_k / tau (a logit)
+   Weights     w = s / sum(s) for log and rbf, w = softmax(s) for softmax. (Normalised, `rbf`
+   and `softmax` give the same weights; they differ in the similarity reported to users.)
+3. Policy      `blend` (default): u ~ N(sum_k w_k m_k, sum_k w_k exp(l_k)), a = tanh(u).
+               `mixture`: u ~ sum_k w_k N(m_k, exp(l_k)), a = tanh(u);
+               log pi(u) = logsumexp_k(log w_k + log N(u; m_k, exp(l_k))).
+   Both: log pi(a) = log pi(u) - sum log(1 - tanh(u)^2).
+   Mixture gradients: the component index is discrete, so instead of sampling it we take one
+   reparameterised sample u_k = m_k + exp(l_k) eps_k from *every* component and weight its loss
+   term by w_k: E_pi[g(a)] = sum_k w_k E_eps[g(tanh(u_k))]. This is the exact (Rao-Blackwellised)
+   expectation over the component, unbiased and differentiable in w, m and l, at K times the
+   critic evaluations of the blend.
+4. Auxiliary losses (added to the actor loss):
+   orthogonality  ||P^ P^T - I||_F^2, P^ = row-normalised P  (prototypes stay distinct)
+   weight entropy mean_b H(w_b)        (minimised: crisp per-state assignment)
+   usage entropy  H(mean_b w_b)        (maximised: every prototype gets used)
+   aux = c_ortho * ortho + c_went * weight_entropy - c_usage * usage_entropy.
+5. Projection (every M updates): p_k <- f(x_j*) with j* = argmin_j ||f(x_j) - p_k||^2 over the
+   replay buffer, so every prototype *is* the encoding of a real, renderable state. The buffer
+   index, the obs and the env's render state are kept as provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from protosac_jax.config import PrototypeConfig
+from protosac_jax.networks import MLP, gaussian_log_prob, tanh_log_det
+
+
+def _uniform_symmetric(scale: float):
+    """U(-scale, scale): prototype means disagree from the first step."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+    return init
+
+
+class ProtoNet(nn.Module):
+    """Parameters of the prototype actor: encoder, prototypes, per-prototype Gaussians."""
+
+    encoder_hidden: Sequence[int]
+    latent_dim: int
+    num_prototypes: int
+    action_dim: int
+    init_log_std: float = 0.0
+
+    def setup(self):
+        self.encoder = MLP(self.encoder_hidden, self.latent_dim)
+        self.prototypes = self.param(
+            "prototypes", nn.initializers.normal(1.0), (self.num_prototypes, self.latent_dim))
+        self.proto_means = self.param(
+            "proto_means", _uniform_symmetric(0.5), (self.num_prototypes, self.action_dim))
+        self.proto_log_stds = self.param(
+            "proto_log_stds", nn.initializers.constant(self.init_log_std),
+            (self.num_prototypes, self.action_dim))
+
+    def __call__(self, obs):
+        return self.encoder(obs), self.prototypes, self.proto_means, self.proto_log_stds
+
+    def encode(self, obs):
+        return self.encoder(obs)
+
+
+# ----------------------------------------------------------------------------- pure math
+def squared_distances(latents, prototypes):
+    """d[b, k] = ||z_b - p_k||^2 via the expanded form (one matmul), clamped at 0."""
+    cross = latents @ prototypes.T
+    d = (jnp.sum(latents**2, -1, keepdims=True) - 2.0 * cross
+         + jnp.sum(prototypes**2, -1)[None, :])
+    return jnp.maximum(d, 0.0)
+
+
+def similarities(distances, kind: str, temperature: float = 1.0, log_eps: float = 1e-4):
+    """Similarity s_k(d_k) of each prototype (see module docstring)."""
+    if kind == "log":
+        return jnp.log((distances + 1.0) / (distances + log_eps))
+    if kind == "rbf":
+        return jnp.exp(-distances / temperature)
+    if kind == "softmax":
+        return -distances / temperature
+    raise ValueError(f"unknown similarity {kind!r}")
+
+
+def proto_weights(distances, kind: str, temperature: float = 1.0, log_eps: float = 1e-4):
+    """Normalised weights w[b, k] >= 0, sum_k w[b, k] = 1."""
+    if kind == "log":
+        sim = similarities(distances, kind, temperature, log_eps)
+        return sim / jnp.sum(sim, -1, keepdims=True)
+    if kind in ("rbf", "softmax"):
+        # exp(-d/tau) / sum exp(-d/tau) == softmax(-d/tau); softmax is the stable form.
+        return jax.nn.softmax(-distances / temperature, axis=-1)
+    raise ValueError(f"unknown similarity {kind!r}")
+
+
+def entropy(p, axis=-1):
+    return -jnp.sum(p * jnp.log(jnp.clip(p, 1e-12, 1.0)), axis=axis)
+
+
+def orthogonality_loss(prototypes):
+    """||P^ P^T - I||_F^2 with unit-norm rows P^."""
+    unit = prototypes / (jnp.linalg.norm(prototypes, axis=-1, keepdims=True) + 1e-8)
+    gram = unit @ unit.T
+    return jnp.sum((gram - jnp.eye(prototypes.shape[0])) ** 2)
+
+
+def blend_params(weights, means, log_stds):
+    """Blend: mean = w @ m, std = w @ exp(l)."""
+    return weights @ means, weights @ jnp.exp(log_stds)
+
+
+def mixture_log_prob(u, weights, means, log_stds):
+    """log sum_k w_k N(u; m_k, exp(l_k)) for u[..., A], weights[..., K]."""
+    comp = gaussian_log_prob(u[..., None, :], means, jnp.exp(log_stds))  # [..., K]
+    return jax.nn.logsumexp(comp + jnp.log(jnp.clip(weights, 1e-30, 1.0)), axis=-1)
+
+
+def squashed_blend_log_prob(u, weights, means, log_stds):
+    mean, std = blend_params(weights, means, log_stds)
+    return gaussian_log_prob(u, mean, std) - tanh_log_det(u)
+
+
+def squashed_mixture_log_prob(u, weights, means, log_stds):
+    return mixture_log_prob(u, weights, means, log_stds) - tanh_log_det(u)
+
+
+# ----------------------------------------------------------------------------- the actor
+@flax.struct.dataclass
+class ProtoOutputs:
+    latents: jax.Array  # [B, D]
+    distances: jax.Array  # [B, K]
+    weights: jax.Array  # [B, K]
+    means: jax.Array  # [K, A]  pre-squash
+    log_stds: jax.Array  # [K, A]
+    prototypes: jax.Array  # [K, D]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtoActor:
+    """The ProtoSAC actor, with the interface of networks.GaussianActor."""
+
+    action_dim: int
+    cfg: PrototypeConfig = PrototypeConfig()
+    hidden_sizes: tuple[int, ...] = (256, 256)
+
+    @property
+    def net(self) -> ProtoNet:
+        return ProtoNet(
+            encoder_hidden=tuple(self.cfg.encoder_hidden or self.hidden_sizes),
+            latent_dim=self.cfg.latent_dim,
+            num_prototypes=self.cfg.num_prototypes,
+            action_dim=self.action_dim,
+            init_log_std=self.cfg.init_log_std,
+        )
+
+    def init(self, key, obs):
+        return self.net.init(key, obs)
+
+    def encode(self, params, obs):
+        return self.net.apply(params, obs, method=ProtoNet.encode)
+
+    def forward(self, params, obs) -> ProtoOutputs:
+        latents, prototypes, means, log_stds = self.net.apply(params, obs)
+        log_stds = jnp.clip(log_stds, self.cfg.log_std_min, self.cfg.log_std_max)
+        distances = squared_distances(latents, prototypes)
+        weights = proto_weights(distances, self.cfg.similarity, self.cfg.temperature,
+                                self.cfg.log_eps)
+        return ProtoOutputs(latents, distances, weights, means, log_stds, prototypes)
+
+    # -- the actor interface ------------------------------------------------------------
+    def samples(self, params, obs, key):
+        out = self.forward(params, obs)
+        if self.cfg.distribution == "blend":
+            mean, std = blend_params(out.weights, out.means, out.log_stds)
+            u = mean + std * jax.random.normal(key, mean.shape)
+            log_prob = gaussian_log_prob(u, mean, std) - tanh_log_det(u)
+            return jnp.tanh(u)[:, None], log_prob[:, None], jnp.ones_like(log_prob)[:, None]
+        # mixture: one sample per component, weighted by w (see module docstring).
+        batch = obs.shape[0]
+        eps = jax.random.normal(key, (batch, self.cfg.num_prototypes, self.action_dim))
+        u = out.means[None] + jnp.exp(out.log_stds)[None] * eps  # [B, K, A]
+        log_prob = jax.vmap(squashed_mixture_log_prob, in_axes=(1, None, None, None),
+                            out_axes=1)(u, out.weights, out.means, out.log_stds)
+        return jnp.tanh(u), log_prob, out.weights
+
+    def act(self, params, obs, noise, key):
+        out = self.forward(params, obs)
+        if self.cfg.distribution == "blend":
+            mean, std = blend_params(out.weights, out.means, out.log_stds)
+            return jnp.tanh(mean + std * noise)
+        component = jax.random.categorical(key, jnp.log(jnp.clip(out.weights, 1e-30, 1.0)))
+        return jnp.tanh(out.means[component] + jnp.exp(out.log_stds[component]) * noise)
+
+    def deterministic(self, params, obs):
+        out = self.forward(params, obs)
+        if self.cfg.distribution == "blend":
+            return jnp.tanh(out.weights @ out.means)
+        # Mixture: the mean of the most-weighted component (a mode-seeking choice).
+        return jnp.tanh(out.means[jnp.argmax(out.weights, axis=-1)])
+
+    def aux_loss(self, params, obs):
+        out = self.forward(params, obs)
+        ortho = orthogonality_loss(out.prototypes)
+        weight_entropy = jnp.mean(entropy(out.weights))
+        usage_entropy = entropy(jnp.mean(out.weights, axis=0))
+        loss = (self.cfg.ortho_coef * ortho + self.cfg.weight_entropy_coef * weight_entropy
+                - self.cfg.usage_entropy_coef * usage_entropy)
+        return loss, {
+            "proto/orthogonality": ortho,
+            "proto/weight_entropy": weight_entropy,
+            "proto/usage_entropy": usage_entropy,
+        }
+
+
+# ----------------------------------------------------------------------------- projection
+@flax.struct.dataclass
+class Provenance:
+    """Where each prototype came from: the real buffer state it was projected onto."""
+
+    buffer_index: jax.Array  # [K] int32, -1 before the first projection
+    obs: jax.Array  # [K, *obs_shape]
+    render_state: jax.Array  # [K, R] what the env needs to draw that state
+    update_step: jax.Array  # [K] gradient-update count at projection, -1 before
+    distance: jax.Array  # [K] latent distance moved by the last projection (churn)
+
+    @classmethod
+    def empty(cls, num_prototypes: int, obs_example, render_example) -> "Provenance":
+        return cls(
+            buffer_index=-jnp.ones((num_prototypes,), jnp.int32),
+            obs=jnp.zeros((num_prototypes,) + obs_example.shape, obs_example.dtype),
+            render_state=jnp.zeros((num_prototypes,) + render_example.shape,
+                                   render_example.dtype),
+            update_step=-jnp.ones((num_prototypes,), jnp.int32),
+            distance=jnp.zeros((num_prototypes,), jnp.float32),
+        )
+
+
+def nearest_buffer_states(actor: ProtoActor, params, buffer_obs, size, chunk: int):
+    """Index of the buffer row whose encoding is nearest to each prototype.
+
+    Encodes the buffer in blocks of `chunk` rows (memory stays O(chunk * K)); rows >= size are
+    ignored. The last block starts at capacity - chunk and may overlap the previous one: a
+    running minimum does not mind seeing a row twice.
+    """
+    capacity = buffer_obs.shape[0]
+    chunk = min(chunk, capacity)
+    starts = jnp.minimum(jnp.arange(0, capacity, chunk), capacity - chunk)
+    prototypes = params["params"]["prototypes"]
+    num_prototypes = prototypes.shape[0]
+
+    def block(carry, start):
+        best_d, best_i = carry
+        rows = jax.lax.dynamic_slice_in_dim(buffer_obs, start, chunk, axis=0)
+        d = squared_distances(actor.encode(params, rows), prototypes)  # [chunk, K]
+        index = start + jnp.arange(chunk)
+        d = jnp.where((index < size)[:, None], d, jnp.inf)
+        block_i = jnp.argmin(d, axis=0)
+        block_d = jnp.min(d, axis=0)
+        better = block_d < best_d
+        return (jnp.where(better, block_d, best_d),
+                jnp.where(better, index[block_i], best_i)), None
+
+    init = (jnp.full((num_prototypes,), jnp.inf), jnp.zeros((num_prototypes,), jnp.int32))
+    (_, best_i), _ = jax.lax.scan(block, init, starts)
+    return best_i
+
+
+def project_prototypes(actor: ProtoActor, params, buffer_obs, buffer_render, size,
+                       update_step, chunk: int = 4096) -> tuple[Any, Provenance]:
+    """Replace every prototype by the encoding of its nearest buffer state."""
+    index = nearest_buffer_states(actor, params, buffer_obs, size, chunk)
+    obs = buffer_obs[index]
+    new_prototypes = actor.encode(params, obs)
+    old = params["params"]["prototypes"]
+    inner = dict(params["params"])
+    inner["prototypes"] = new_prototypes
+    new_params = {**params, "params": inner}
+    provenance = Provenance(
+        buffer_index=index.astype(jnp.int32),
+        obs=obs,
+        render_state=buffer_render[index],
+        update_step=jnp.full(index.shape, update_step, jnp.int32),
+        distance=jnp.linalg.norm(new_prototypes - old, axis=-1),
+    )
+    return new_params, provenance

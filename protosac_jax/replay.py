@@ -1,0 +1,69 @@
+"""Pure-functional replay buffer living on the device.
+
+Like brax's replay buffers, the buffer has no state of its own: `init` returns a pytree,
+`insert(state, batch) -> state`, `sample(state, key, n) -> batch`. It is jittable, shardable and
+saved like any other pytree. Storage keeps each field's dtype (uint8 pixels stay uint8).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class Transition:
+    obs: Any
+    action: jax.Array
+    reward: jax.Array
+    next_obs: Any
+    terminated: jax.Array  # 1.0 at a true terminal state (no bootstrap); 0.0 on truncation
+    render_state: jax.Array  # what the env needs to draw `obs` (for prototype provenance)
+
+
+@flax.struct.dataclass
+class ReplayState:
+    data: Any  # pytree of [capacity, ...] arrays
+    insert_position: jax.Array  # int32, next row to write
+    size: jax.Array  # int32, rows holding data (<= capacity)
+
+    @property
+    def capacity(self) -> int:
+        return jax.tree_util.tree_leaves(self.data)[0].shape[0]
+
+
+def init(capacity: int, example: Any) -> ReplayState:
+    """Empty buffer whose rows look like `example` (a single, unbatched item)."""
+    data = jax.tree_util.tree_map(
+        lambda x: jnp.zeros((capacity,) + jnp.shape(x), jnp.asarray(x).dtype), example)
+    return ReplayState(data=data, insert_position=jnp.zeros((), jnp.int32),
+                       size=jnp.zeros((), jnp.int32))
+
+
+def insert(state: ReplayState, batch: Any) -> ReplayState:
+    """Write a batch (leading axis = items, e.g. one per env) at the ring position.
+
+    Rows wrap around the end of the buffer; once full, the oldest rows are overwritten.
+    The batch must not be larger than the buffer.
+    """
+    capacity = state.capacity
+    num = jax.tree_util.tree_leaves(batch)[0].shape[0]
+    if num > capacity:
+        raise ValueError(f"batch of {num} does not fit a buffer of {capacity}")
+    rows = (state.insert_position + jnp.arange(num)) % capacity
+    data = jax.tree_util.tree_map(
+        lambda buf, x: buf.at[rows].set(x.astype(buf.dtype)), state.data, batch)
+    return ReplayState(
+        data=data,
+        insert_position=((state.insert_position + num) % capacity).astype(jnp.int32),
+        size=jnp.minimum(state.size + num, capacity).astype(jnp.int32),
+    )
+
+
+def sample(state: ReplayState, key: jax.Array, batch_size: int) -> Any:
+    """Uniform sample (with replacement) over the rows written so far."""
+    rows = jax.random.randint(key, (batch_size,), 0, jnp.maximum(state.size, 1))
+    return jax.tree_util.tree_map(lambda buf: buf[rows], state.data)

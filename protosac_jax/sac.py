@@ -1,0 +1,158 @@
+"""Soft Actor-Critic: learner state, losses, one jitted update for any actor.
+
+The actor is passed in (networks.GaussianActor or prototype.ProtoActor); nothing here branches
+on which one it is. Losses follow Haarnoja et al. 2018 (v2, automatic temperature):
+
+  critic  L_Q = 1/2 sum_i E[(Q_i(s,a) - y)^2],
+          y = r + gamma (1 - terminated) sum_s w_s [min_i Q'_i(s', a'_s) - alpha log pi(a'_s|s')]
+  actor   L_pi = E[sum_s w_s (alpha log pi(a_s|s) - min_i Q_i(s, a_s))] + aux(actor)
+  alpha   L_alpha = -log(alpha) * (E[sum_s w_s log pi(a_s|s)] + target_entropy)
+
+with (a_s, w_s) the actor's weighted reparameterised samples (one sample, w=1, for a Gaussian).
+Only true terminations stop the bootstrap; time-limit truncations do not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from protosac_jax import replay
+from protosac_jax.config import SACConfig
+from protosac_jax.networks import TwinCritic
+
+
+@flax.struct.dataclass
+class SACState:
+    actor_params: Any
+    critic_params: Any
+    target_critic_params: Any
+    log_alpha: jax.Array
+    actor_opt_state: Any
+    critic_opt_state: Any
+    alpha_opt_state: Any
+    num_updates: jax.Array  # int32 gradient updates done
+
+
+def make_critic(cfg: SACConfig) -> TwinCritic:
+    return TwinCritic(hidden_sizes=tuple(cfg.hidden_sizes))
+
+
+def _optimizers(cfg: SACConfig):
+    return optax.adam(cfg.actor_lr), optax.adam(cfg.critic_lr), optax.adam(cfg.alpha_lr)
+
+
+def target_entropy(cfg: SACConfig, action_dim: int) -> float:
+    return -float(action_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
+
+
+def init(key, actor, cfg: SACConfig, obs_example, action_dim: int) -> SACState:
+    """Fresh learner state; `obs_example` is one unbatched observation."""
+    actor_key, critic_key = jax.random.split(key)
+    obs = jnp.asarray(obs_example)[None]
+    actor_params = actor.init(actor_key, obs)
+    critic_params = make_critic(cfg).init(critic_key, obs, jnp.zeros((1, action_dim)))
+    log_alpha = jnp.asarray(jnp.log(cfg.init_alpha), jnp.float32)
+    actor_opt, critic_opt, alpha_opt = _optimizers(cfg)
+    return SACState(
+        actor_params=actor_params,
+        critic_params=critic_params,
+        target_critic_params=critic_params,
+        log_alpha=log_alpha,
+        actor_opt_state=actor_opt.init(actor_params),
+        critic_opt_state=critic_opt.init(critic_params),
+        alpha_opt_state=alpha_opt.init(log_alpha),
+        num_updates=jnp.zeros((), jnp.int32),
+    )
+
+
+def _broadcast_obs(obs, num_samples: int):
+    """[B, obs] -> [B, S, obs] to pair every state with each of its S action samples."""
+    return jnp.broadcast_to(obs[:, None], (obs.shape[0], num_samples) + obs.shape[1:])
+
+
+def critic_loss(critic_params, state: SACState, batch: replay.Transition, key, actor,
+                cfg: SACConfig):
+    critic = make_critic(cfg)
+    alpha = jnp.exp(state.log_alpha)
+    next_actions, next_log_probs, next_weights = actor.samples(
+        state.actor_params, batch.next_obs, key)
+    next_obs = _broadcast_obs(batch.next_obs, next_actions.shape[1])
+    next_q = jnp.min(critic.apply(state.target_critic_params, next_obs, next_actions), axis=0)
+    next_v = jnp.sum(next_weights * (next_q - alpha * next_log_probs), axis=-1)
+    target = batch.reward + cfg.gamma * (1.0 - batch.terminated) * next_v
+    target = jax.lax.stop_gradient(target)
+    q = critic.apply(critic_params, batch.obs, batch.action)  # [2, B]
+    loss = 0.5 * jnp.sum(jnp.mean((q - target[None]) ** 2, axis=-1))
+    return loss, {"losses/critic": loss, "losses/q_mean": jnp.mean(q)}
+
+
+def actor_loss(actor_params, critic_params, log_alpha, obs, key, actor, cfg: SACConfig):
+    critic = make_critic(cfg)
+    alpha = jnp.exp(log_alpha)
+    actions, log_probs, weights = actor.samples(actor_params, obs, key)
+    q = jnp.min(critic.apply(critic_params, _broadcast_obs(obs, actions.shape[1]), actions),
+                axis=0)
+    sac_loss = jnp.mean(jnp.sum(weights * (alpha * log_probs - q), axis=-1))
+    aux, aux_metrics = actor.aux_loss(actor_params, obs)
+    log_prob = jnp.mean(jnp.sum(weights * log_probs, axis=-1))
+    metrics = {"losses/actor": sac_loss, "losses/actor_aux": aux,
+               "charts/entropy": -log_prob, **aux_metrics}
+    return sac_loss + aux, (log_prob, metrics)
+
+
+def update(state: SACState, batch: replay.Transition, key, actor, cfg: SACConfig,
+           action_dim: int):
+    """One gradient step on critic, actor and temperature, then Polyak targets."""
+    actor_opt, critic_opt, alpha_opt = _optimizers(cfg)
+    critic_key, actor_key = jax.random.split(key)
+
+    critic_grads, critic_metrics = jax.grad(critic_loss, has_aux=True)(
+        state.critic_params, state, batch, critic_key, actor, cfg)
+    critic_updates, critic_opt_state = critic_opt.update(critic_grads, state.critic_opt_state)
+    critic_params = optax.apply_updates(state.critic_params, critic_updates)
+
+    actor_grads, (log_prob, actor_metrics) = jax.grad(actor_loss, has_aux=True)(
+        state.actor_params, critic_params, state.log_alpha, batch.obs, actor_key, actor, cfg)
+    actor_updates, actor_opt_state = actor_opt.update(actor_grads, state.actor_opt_state)
+    actor_params = optax.apply_updates(state.actor_params, actor_updates)
+
+    entropy_gap = jax.lax.stop_gradient(log_prob + target_entropy(cfg, action_dim))
+    alpha_grad = -entropy_gap  # d/d(log_alpha) of -log_alpha * entropy_gap
+    alpha_updates, alpha_opt_state = alpha_opt.update(alpha_grad, state.alpha_opt_state)
+    log_alpha = optax.apply_updates(state.log_alpha, alpha_updates)
+
+    target_critic_params = optax.incremental_update(
+        critic_params, state.target_critic_params, cfg.tau)
+    new_state = SACState(
+        actor_params=actor_params,
+        critic_params=critic_params,
+        target_critic_params=target_critic_params,
+        log_alpha=log_alpha,
+        actor_opt_state=actor_opt_state,
+        critic_opt_state=critic_opt_state,
+        alpha_opt_state=alpha_opt_state,
+        num_updates=state.num_updates + 1,
+    )
+    metrics = {**critic_metrics, **actor_metrics, "charts/alpha": jnp.exp(log_alpha)}
+    return new_state, metrics
+
+
+def update_many(state: SACState, buffer: replay.ReplayState, key, num_updates: int, actor,
+                cfg: SACConfig, action_dim: int):
+    """`num_updates` gradient steps in one `lax.scan`, each on a fresh uniform batch.
+
+    Returns the new state and the metrics averaged over the steps.
+    """
+
+    def step(carry, step_key):
+        sample_key, update_key = jax.random.split(step_key)
+        batch = replay.sample(buffer, sample_key, cfg.batch_size)
+        return update(carry, batch, update_key, actor, cfg, action_dim)
+
+    state, metrics = jax.lax.scan(step, state, jax.random.split(key, num_updates))
+    return state, jax.tree_util.tree_map(jnp.mean, metrics)
