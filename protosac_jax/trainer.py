@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,13 @@ def check_writable_dir(path: Path) -> None:
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {path}: {parent} is not a writable directory")
+    if not parent.is_dir():
+        raise ConfigError(f"--out {path}: {parent} is not a directory")
+    # os.access says yes to root everywhere; only trying tells (the probe is removed at once).
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".protosac-probe-", dir=parent))
+    except OSError as err:
+        raise ConfigError(f"--out {path}: cannot write in {parent} ({err.strerror})") from None
 
 
 @dataclasses.dataclass
@@ -127,7 +133,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, progress: bool
     loop = loops.Loop(env=env, actor=loops.make_actor(cfg, spec.action_dim), cfg=cfg)
     chunks = loops.schedule(cfg)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {run_dir}: {err.strerror}") from None
     (run_dir / "config.json").write_text(config_lib.to_json(cfg))
     logger = _Logger(run_dir, cfg.log_tensorboard)
     history: list[dict[str, Any]] = []

@@ -27,7 +27,37 @@ GYMNAX_ENVS = {
 def _make(env_id: str):
     import gymnax  # imported lazily: only the gymnax backend needs it
 
-    return gymnax.make(env_id)
+    env, params = gymnax.make(env_id)
+    if env_id == "MountainCarContinuous-v0":
+        env = _mountain_car_matching_gymnasium()
+    return env, params
+
+
+def _mountain_car_matching_gymnasium():
+    """gymnax 1.0.1's MountainCarContinuous zeroes negative velocity at the *goal*; Gymnasium
+    zeroes it at the *left wall* (position == min_position). We follow Gymnasium so results
+    transfer (tests/test_envs.py checks step-by-step agreement)."""
+    from gymnax.environments.classic_control.continuous_mountain_car import (
+        ContinuousMountainCar, EnvState)
+
+    class GymnasiumMountainCar(ContinuousMountainCar):
+        def step_env(self, key, state, action, params):
+            force = jnp.clip(action, params.min_action, params.max_action)
+            velocity = (state.velocity + force * params.power
+                        - jnp.cos(3 * state.position) * params.gravity)
+            velocity = jnp.clip(velocity, -params.max_speed, params.max_speed)
+            position = jnp.clip(state.position + velocity, params.min_position,
+                                params.max_position)
+            velocity = jnp.where((position <= params.min_position) & (velocity < 0), 0.0,
+                                 velocity)
+            goal = (position >= params.goal_position) & (velocity >= params.goal_velocity)
+            reward = (-0.1 * action**2 + 100.0 * goal).squeeze()
+            state = EnvState(position=position.squeeze(), velocity=velocity.squeeze(),
+                             time=state.time + 1)
+            return (self.get_obs(state), state, reward, self.is_terminal(state, params),
+                    {"discount": self.discount(state, params)})
+
+    return GymnasiumMountainCar()
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,88 @@
+"""Inference API: `agent = protosac_jax.load(run_dir)`, `agent.act(obs)`, `agent.explain(obs)`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from protosac_jax.checkpoint import load_final
+from protosac_jax.prototype import ProtoActor
+
+
+@dataclasses.dataclass
+class Agent:
+    config: Any
+    spec: Any
+    actor: Any
+    params: dict[str, Any]  # actor, critic, target_critic, log_alpha
+    prototypes: dict[str, np.ndarray] | None  # provenance (buffer_index, obs, render_state, ...)
+    meta: dict[str, Any]
+
+    @property
+    def is_proto(self) -> bool:
+        return isinstance(self.actor, ProtoActor)
+
+    def _batch(self, obs):
+        obs = jnp.asarray(obs, jnp.float32)
+        single = obs.ndim == len(self.spec.obs_shape)
+        return (obs[None] if single else obs), single
+
+    def act(self, obs, deterministic: bool = True, seed: int = 0) -> np.ndarray:
+        """Env-scaled action(s) for one obs or a batch."""
+        batch, single = self._batch(obs)
+        if deterministic:
+            action = _deterministic(self.actor, self.params["actor"], batch)
+        else:
+            key = jax.random.PRNGKey(seed)
+            noise = jax.random.normal(key, (batch.shape[0], self.spec.action_dim))
+            action = _stochastic(self.actor, self.params["actor"], batch, noise,
+                                 jax.random.fold_in(key, 1))
+        low, high = np.asarray(self.spec.action_low), np.asarray(self.spec.action_high)
+        action = low + (np.asarray(action) + 1.0) * 0.5 * (high - low)
+        return action[0] if single else action
+
+    def explain(self, obs, top_k: int = 3) -> dict[str, np.ndarray]:
+        """Prototype weights, the top-k prototypes and each prototype's Gaussian."""
+        if not self.is_proto:
+            raise ValueError("explain() needs a ProtoSAC agent; this one is a --baseline SAC")
+        batch, single = self._batch(obs)
+        out = jax.device_get(_forward(self.actor, self.params["actor"], batch))
+        weights = np.asarray(out.weights)
+        top = np.argsort(-weights, axis=-1)[:, :top_k]
+        result = {
+            "weights": weights,
+            "top_k": top,
+            "top_k_weights": np.take_along_axis(weights, top, axis=-1),
+            "distances": np.asarray(out.distances),
+            "proto_means": np.asarray(out.means),
+            "proto_stds": np.exp(np.asarray(out.log_stds)),
+        }
+        if single:
+            result = {k: (v[0] if k in ("weights", "top_k", "top_k_weights", "distances")
+                          else v) for k, v in result.items()}
+        return result
+
+
+
+
+def _deterministic(actor, params, obs):
+    return jax.jit(actor.deterministic)(params, obs)
+
+
+def _stochastic(actor, params, obs, noise, key):
+    return jax.jit(actor.act)(params, obs, noise, key)
+
+
+def _forward(actor, params, obs):
+    return jax.jit(actor.forward)(params, obs)
+
+
+def load(path) -> Agent:
+    cfg, spec, actor, params, provenance, meta = load_final(Path(path))
+    return Agent(config=cfg, spec=spec, actor=actor, params=params,
+                 prototypes=provenance if isinstance(actor, ProtoActor) else None, meta=meta)

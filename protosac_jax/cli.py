@@ -1,0 +1,148 @@
+"""Command-line parsing for train.py: flags -> TrainConfig.
+
+Known user errors become one line on stderr and exit code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from protosac_jax import config as config_lib
+from protosac_jax import envs
+from protosac_jax.config import ConfigError, TrainConfig
+from protosac_jax.envs import EnvError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are a single line (no usage dump)."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def parse_bool(text: str) -> bool:
+    """'True/true/1/yes' -> True, 'False/false/0/no' -> False, anything else is an error."""
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "y", "on"):
+        return True
+    if value in ("false", "0", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive widths, got {text!r}")
+    return sizes
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(
+        prog="train.py",
+        description="Train ProtoSAC (default) or plain SAC (--baseline) with JAX.",
+        epilog="envs: " + envs.env_help() + ". Original indices (--environment): "
+        + ", ".join(f"{i}={n}" for i, n in envs.ORIGINAL_INDICES.items()),
+    )
+    a = p.add_argument
+    a("--env", help="env name or Gymnasium id (default: pendulum)")
+    a("--environment", type=int, help="the original's env index 0..6")
+    a("--episodes", type=int, help="train for N episodes' worth of env steps (original flag)")
+    a("--total-steps", "--total_steps", type=int, help="env steps, summed over envs")
+    a("--num-envs", "--num_envs", type=int, help="parallel envs")
+    a("--seed", type=int)
+    a("--baseline", type=parse_bool, nargs="?", const=True,
+      help="plain SAC instead of ProtoSAC (True/False; bare flag = True)")
+    a("--num-prototypes", "--num_prototypes", type=int, help="K prototypes (default 32)")
+    a("--latent-dim", type=int)
+    a("--similarity", choices=["log", "rbf", "softmax"])
+    a("--distribution", choices=["blend", "mixture"])
+    a("--projection-every", type=int, help="updates between projections (0 = off)")
+    a("--hidden", type=parse_sizes, help="network widths, e.g. 256,256")
+    a("--lr", type=float, help="learning rate of actor, critic and temperature")
+    a("--batch-size", type=int)
+    a("--buffer-size", type=int)
+    a("--learning-starts", type=int, help="random-action env steps before updates begin")
+    a("--updates-per-step", type=float, help="gradient updates per env step")
+    a("--noise-correlation", type=float, help="AR(1) exploration-noise correlation in [0,1)")
+    a("--gamma", type=float)
+    a("--eval-every", type=int)
+    a("--eval-episodes", type=int)
+    a("--out", help="run directory (default checkpoints/<env>-<algo>-<seed>-<time>)")
+    a("--no-progress", action="store_true", help="no progress bar")
+    a("--no-tensorboard", action="store_true")
+    a("--quiet", action="store_true", help="only the final line")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Preset of the chosen env, overridden by the flags that were given."""
+    if args.env is not None and args.environment is not None:
+        by_index = envs.resolve_index(args.environment)
+        if envs.resolve_name(args.env) != by_index:
+            raise ConfigError(f"--env {args.env} and --environment {args.environment} disagree")
+    if args.environment is not None:
+        name = envs.resolve_index(args.environment)
+    else:
+        name = envs.resolve_name(args.env or "pendulum")
+    cfg = config_lib.preset(name)
+    top, sac, proto = {}, {}, {}
+    for flag, field in [("num_envs", "num_envs"), ("total_steps", "total_steps"),
+                        ("seed", "seed"), ("baseline", "baseline"),
+                        ("buffer_size", "buffer_size"), ("learning_starts", "learning_starts"),
+                        ("updates_per_step", "updates_per_step"),
+                        ("noise_correlation", "noise_correlation"),
+                        ("eval_every", "eval_every"), ("eval_episodes", "eval_episodes")]:
+        if getattr(args, flag) is not None:
+            top[field] = getattr(args, flag)
+    if args.no_tensorboard:
+        top["log_tensorboard"] = False
+    for flag, field in [("num_prototypes", "num_prototypes"), ("latent_dim", "latent_dim"),
+                        ("similarity", "similarity"), ("distribution", "distribution"),
+                        ("projection_every", "projection_every")]:
+        if getattr(args, flag) is not None:
+            proto[field] = getattr(args, flag)
+    for flag, field in [("hidden", "hidden_sizes"), ("batch_size", "batch_size"),
+                        ("gamma", "gamma")]:
+        if getattr(args, flag) is not None:
+            sac[field] = getattr(args, flag)
+    if args.lr is not None:
+        sac.update(actor_lr=args.lr, critic_lr=args.lr, alpha_lr=args.lr)
+    if args.episodes is not None:
+        if args.total_steps is not None:
+            raise ConfigError("give --episodes or --total-steps, not both")
+        if args.episodes < 1:
+            raise ConfigError(f"--episodes must be >= 1 (got {args.episodes})")
+        top["total_steps"] = args.episodes * envs.make_env(name).spec.episode_length
+    cfg = dataclasses.replace(
+        cfg, **top,
+        sac=dataclasses.replace(cfg.sac, **sac),
+        proto=dataclasses.replace(cfg.proto, **proto))
+    config_lib.validate(cfg)
+    return cfg
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        cfg = config_from_args(args)
+        from protosac_jax.trainer import check_writable_dir, train
+
+        if args.out is not None:
+            check_writable_dir(args.out)
+        result = train(cfg, out=args.out, progress=not (args.no_progress or args.quiet),
+                       quiet=args.quiet)
+    except (ConfigError, EnvError) as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("train.py: interrupted", file=sys.stderr)
+        return 130
+    print(f"done: {cfg.env} {cfg.algo} seed {cfg.seed}: final eval return "
+          f"{result.final_eval:.1f} -> {result.run_dir}")
+    return 0

@@ -1,0 +1,168 @@
+"""The ProtoSAC math: log-probs, weights, aux losses, projection."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from protosac_jax import prototype
+from protosac_jax.config import PrototypeConfig
+
+WEIGHTS = jnp.array([0.2, 0.5, 0.3])
+MEANS = jnp.array([[-1.0], [0.4], [1.5]])
+LOG_STDS = jnp.log(jnp.array([[0.3], [0.5], [0.8]]))
+
+
+def _density_on_grid(log_prob_fn, n=200_001):
+    """p(a) on a fine grid of a in (-1, 1) via u = atanh(a)."""
+    a = jnp.linspace(-1 + 1e-6, 1 - 1e-6, n)
+    u = jnp.arctanh(a)[:, None]
+    return a, jnp.exp(log_prob_fn(u))
+
+
+@pytest.mark.parametrize("kind", ["blend", "mixture"])
+def test_squashed_log_prob_integrates_to_one(kind):
+    fn = {"blend": prototype.squashed_blend_log_prob,
+          "mixture": prototype.squashed_mixture_log_prob}[kind]
+    a, p = _density_on_grid(lambda u: fn(u, WEIGHTS, MEANS, LOG_STDS))
+    assert float(jnp.trapezoid(p, a)) == pytest.approx(1.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("kind", ["blend", "mixture"])
+def test_squashed_log_prob_matches_monte_carlo_histogram(kind):
+    key_c, key_e = jax.random.split(jax.random.PRNGKey(0))
+    n = 400_000
+    if kind == "blend":
+        mean, std = prototype.blend_params(WEIGHTS, MEANS, LOG_STDS)
+        u = mean + std * jax.random.normal(key_e, (n, 1))
+        fn = prototype.squashed_blend_log_prob
+    else:
+        comp = jax.random.choice(key_c, 3, (n,), p=WEIGHTS)
+        u = MEANS[comp] + jnp.exp(LOG_STDS[comp]) * jax.random.normal(key_e, (n, 1))
+        fn = prototype.squashed_mixture_log_prob
+    actions = np.asarray(jnp.tanh(u[:, 0]))
+    hist, edges = np.histogram(actions, bins=40, range=(-0.98, 0.98))
+    empirical = hist / n
+    # exact probability of each bin: the analytic density integrated over the bin
+    fine = np.linspace(edges[:-1], edges[1:], 201, axis=-1)  # [bins, 201]
+    density = np.exp(np.asarray(fn(jnp.arctanh(jnp.asarray(fine.reshape(-1)))[:, None],
+                                   WEIGHTS, MEANS, LOG_STDS))).reshape(fine.shape)
+    analytic = np.trapezoid(density, fine, axis=-1)
+    # ~400k samples: bins hold >= 1k samples, so MC noise is a few %
+    np.testing.assert_allclose(empirical, analytic, rtol=0.05, atol=2e-4)
+
+
+def test_blend_params_are_weighted_sums():
+    mean, std = prototype.blend_params(WEIGHTS, MEANS, LOG_STDS)
+    assert float(mean[0]) == pytest.approx(0.2 * -1.0 + 0.5 * 0.4 + 0.3 * 1.5)
+    assert float(std[0]) == pytest.approx(0.2 * 0.3 + 0.5 * 0.5 + 0.3 * 0.8)
+
+
+@pytest.mark.parametrize("kind", ["log", "rbf", "softmax"])
+def test_weights_are_normalised_and_prefer_near_prototypes(kind):
+    d = jnp.array([[0.0, 1.0, 4.0], [9.0, 0.5, 0.1]])
+    w = prototype.proto_weights(d, kind, temperature=1.0)
+    np.testing.assert_allclose(np.asarray(w.sum(-1)), 1.0, rtol=1e-6)
+    assert np.all(np.asarray(w) >= 0)
+    assert int(jnp.argmax(w[0])) == 0 and int(jnp.argmax(w[1])) == 2
+
+
+def test_log_similarity_formula():
+    d = jnp.array([0.0, 1.0, 3.0])
+    s = prototype.similarities(d, "log", log_eps=1e-4)
+    np.testing.assert_allclose(np.asarray(s), np.log((np.array([0, 1, 3.]) + 1)
+                                                     / (np.array([0, 1, 3.]) + 1e-4)), rtol=1e-5)
+
+
+def test_squared_distances_match_direct_computation():
+    z = jax.random.normal(jax.random.PRNGKey(1), (7, 5))
+    p = jax.random.normal(jax.random.PRNGKey(2), (4, 5))
+    direct = jnp.sum((z[:, None] - p[None]) ** 2, -1)
+    np.testing.assert_allclose(np.asarray(prototype.squared_distances(z, p)),
+                               np.asarray(direct), rtol=1e-4, atol=1e-4)
+
+
+def test_orthogonality_loss_hand_made():
+    assert float(prototype.orthogonality_loss(jnp.eye(3) * 5.0)) == pytest.approx(0.0, abs=1e-6)
+    # two identical unit rows: off-diagonal entries are 1 -> loss 2
+    assert float(prototype.orthogonality_loss(jnp.array([[1.0, 0.0], [2.0, 0.0]]))) == \
+        pytest.approx(2.0, abs=1e-5)
+
+
+def test_entropy_terms_hand_made():
+    crisp = jnp.array([[1.0, 0.0], [0.0, 1.0]])  # crisp per state, both prototypes used
+    assert float(jnp.mean(prototype.entropy(crisp))) == pytest.approx(0.0, abs=1e-6)
+    assert float(prototype.entropy(crisp.mean(0))) == pytest.approx(math.log(2), rel=1e-6)
+    collapsed = jnp.array([[1.0, 0.0], [1.0, 0.0]])  # one prototype does everything
+    assert float(prototype.entropy(collapsed.mean(0))) == pytest.approx(0.0, abs=1e-6)
+
+
+def _actor(**kw):
+    cfg = PrototypeConfig(num_prototypes=4, latent_dim=3, **kw)
+    return prototype.ProtoActor(action_dim=2, cfg=cfg, hidden_sizes=(16,))
+
+
+def test_aux_loss_combines_terms_with_coefficients():
+    actor = _actor(ortho_coef=0.5, weight_entropy_coef=0.25, usage_entropy_coef=2.0)
+    obs = jax.random.normal(jax.random.PRNGKey(0), (10, 3))
+    params = actor.init(jax.random.PRNGKey(1), obs)
+    loss, m = actor.aux_loss(params, obs)
+    expected = (0.5 * m["proto/orthogonality"] + 0.25 * m["proto/weight_entropy"]
+                - 2.0 * m["proto/usage_entropy"])
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("distribution", ["blend", "mixture"])
+def test_actor_samples_are_bounded_and_weighted(distribution):
+    actor = _actor(distribution=distribution)
+    obs = jax.random.normal(jax.random.PRNGKey(0), (6, 3))
+    params = actor.init(jax.random.PRNGKey(1), obs)
+    actions, log_probs, weights = actor.samples(params, obs, jax.random.PRNGKey(2))
+    s = 1 if distribution == "blend" else 4
+    assert actions.shape == (6, s, 2) and log_probs.shape == (6, s) and weights.shape == (6, s)
+    assert np.all(np.abs(np.asarray(actions)) < 1)
+    np.testing.assert_allclose(np.asarray(weights.sum(-1)), 1.0, rtol=1e-5)
+    assert np.all(np.isfinite(np.asarray(log_probs)))
+    det = actor.deterministic(params, obs)
+    assert det.shape == (6, 2)
+
+
+def test_mixture_gradient_reaches_weights():
+    """The Rao-Blackwellised mixture loss is differentiable in the prototype positions."""
+    actor = _actor(distribution="mixture")
+    obs = jax.random.normal(jax.random.PRNGKey(0), (6, 3))
+    params = actor.init(jax.random.PRNGKey(1), obs)
+
+    def loss(params):
+        a, lp, w = actor.samples(params, obs, jax.random.PRNGKey(2))
+        return jnp.mean(jnp.sum(w * a[..., 0], -1))
+
+    grads = jax.grad(loss)(params)
+    assert float(jnp.abs(grads["params"]["prototypes"]).sum()) > 0
+
+
+def test_projection_puts_each_prototype_exactly_on_an_encoded_buffer_state():
+    actor = _actor()
+    buffer_obs = jax.random.normal(jax.random.PRNGKey(3), (50, 3))
+    render = jnp.arange(50, dtype=jnp.float32)[:, None] * jnp.ones((1, 2))
+    params = actor.init(jax.random.PRNGKey(4), buffer_obs)
+    size = 37  # rows >= 37 are not data yet and must never be chosen
+    new_params, prov = prototype.project_prototypes(actor, params, buffer_obs, render, size,
+                                                    update_step=123, chunk=16)
+    encoded = np.asarray(actor.encode(params, buffer_obs))
+    old = np.asarray(params["params"]["prototypes"])
+    new = np.asarray(new_params["params"]["prototypes"])
+    index = np.asarray(prov.buffer_index)
+    for k in range(4):
+        d = ((encoded[:size] - old[k]) ** 2).sum(-1)
+        assert index[k] == int(np.argmin(d))  # nearest valid row
+        np.testing.assert_allclose(new[k], encoded[index[k]], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(prov.obs[k]), np.asarray(buffer_obs[index[k]]))
+        assert float(prov.render_state[k, 0]) == index[k]
+    assert np.all(np.asarray(prov.update_step) == 123)
+    # everything but the prototypes is untouched
+    for name in ("proto_means", "proto_log_stds"):
+        np.testing.assert_array_equal(np.asarray(new_params["params"][name]),
+                                      np.asarray(params["params"][name]))

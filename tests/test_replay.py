@@ -1,0 +1,60 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from protosac_jax import replay
+
+
+def _item(value, pixels=False):
+    obs = jnp.full((2, 2, 3), value, jnp.uint8) if pixels else jnp.full((3,), value, jnp.float32)
+    return {"obs": obs, "reward": jnp.asarray(value, jnp.float32)}
+
+
+def _batch(values, pixels=False):
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[_item(v, pixels) for v in values])
+
+
+def test_insert_wraps_around_and_overwrites_oldest():
+    state = replay.init(5, _item(0))
+    state = replay.insert(state, _batch([1, 2, 3]))
+    assert int(state.size) == 3 and int(state.insert_position) == 3
+    state = replay.insert(state, _batch([4, 5, 6, 7]))  # 6 and 7 wrap to rows 0 and 1
+    assert int(state.size) == 5 and int(state.insert_position) == 2
+    np.testing.assert_array_equal(np.asarray(state.data["reward"]), [6, 7, 3, 4, 5])
+    np.testing.assert_array_equal(np.asarray(state.data["obs"][:, 0]), [6, 7, 3, 4, 5])
+
+
+def test_insert_exactly_full_wraps_position_to_zero():
+    state = replay.insert(replay.init(4, _item(0)), _batch([1, 2, 3, 4]))
+    assert int(state.insert_position) == 0 and int(state.size) == 4
+
+
+def test_batch_larger_than_buffer_is_refused():
+    with pytest.raises(ValueError, match="does not fit"):
+        replay.insert(replay.init(2, _item(0)), _batch([1, 2, 3]))
+
+
+def test_dtype_preserved_for_uint8_pixels():
+    state = replay.insert(replay.init(4, _item(0, pixels=True)), _batch([7, 255], pixels=True))
+    assert state.data["obs"].dtype == jnp.uint8
+    batch = replay.sample(state, jax.random.PRNGKey(0), 16)
+    assert batch["obs"].dtype == jnp.uint8
+    assert set(np.unique(np.asarray(batch["obs"]))) <= {7, 255}
+
+
+def test_sample_only_returns_written_rows_and_covers_them():
+    state = replay.insert(replay.init(100, _item(0)), _batch([1, 2, 3]))
+    batch = replay.sample(state, jax.random.PRNGKey(0), 3000)
+    values = np.asarray(batch["reward"])
+    assert set(np.unique(values)) == {1, 2, 3}
+    counts = np.bincount(values.astype(int))[1:]
+    assert counts.min() > 800  # roughly uniform
+
+
+def test_insert_and_sample_jit():
+    state = replay.init(8, _item(0))
+    insert = jax.jit(replay.insert)
+    for i in range(5):
+        state = insert(state, _batch([i, i + 10]))
+    assert int(state.size) == 8 and int(state.insert_position) == 2
