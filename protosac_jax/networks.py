@@ -9,6 +9,7 @@ Actors share one small interface so `sac.py` never branches on which one it trai
 * ``act(params, obs, noise, key) -> actions[B,A]``: exploration action for given N(0,1) noise.
 * ``deterministic(params, obs) -> actions[B,A]``: evaluation action.
 * ``aux_loss(params, obs) -> (loss, metrics)``: extra actor terms (0 for the baseline).
+* ``samples_with_aux(params, obs, key)``: both of the above from one forward pass.
 
 Actors are frozen dataclasses (hashable), so they are static arguments of `jax.jit`.
 """
@@ -100,6 +101,9 @@ class GaussianActor:
         u = mean + std * jax.random.normal(key, mean.shape)
         log_prob = gaussian_log_prob(u, mean, std) - tanh_log_det(u)
         return jnp.tanh(u)[:, None], log_prob[:, None], jnp.ones_like(log_prob)[:, None]
+
+    def samples_with_aux(self, params, obs, key):
+        return self.samples(params, obs, key), self.aux_loss(params, obs)
 
     def act(self, params, obs, noise, key):
         del key

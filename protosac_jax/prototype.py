@@ -186,14 +186,20 @@ class ProtoActor:
 
     # -- the actor interface ------------------------------------------------------------
     def samples(self, params, obs, key):
+        return self._samples(self.forward(params, obs), obs.shape[0], key)
+
+    def samples_with_aux(self, params, obs, key):
+        """`samples` and `aux_loss` from one forward pass (the actor loss needs both)."""
         out = self.forward(params, obs)
+        return self._samples(out, obs.shape[0], key), self._aux(out)
+
+    def _samples(self, out: ProtoOutputs, batch: int, key):
         if self.cfg.distribution == "blend":
             mean, std = blend_params(out.weights, out.means, out.log_stds)
             u = mean + std * jax.random.normal(key, mean.shape)
             log_prob = gaussian_log_prob(u, mean, std) - tanh_log_det(u)
             return jnp.tanh(u)[:, None], log_prob[:, None], jnp.ones_like(log_prob)[:, None]
         # mixture: one sample per component, weighted by w (see module docstring).
-        batch = obs.shape[0]
         eps = jax.random.normal(key, (batch, self.cfg.num_prototypes, self.action_dim))
         u = out.means[None] + jnp.exp(out.log_stds)[None] * eps  # [B, K, A]
         log_prob = jax.vmap(squashed_mixture_log_prob, in_axes=(1, None, None, None),
@@ -216,7 +222,9 @@ class ProtoActor:
         return jnp.tanh(out.means[jnp.argmax(out.weights, axis=-1)])
 
     def aux_loss(self, params, obs):
-        out = self.forward(params, obs)
+        return self._aux(self.forward(params, obs))
+
+    def _aux(self, out: ProtoOutputs):
         ortho = orthogonality_loss(out.prototypes)
         weight_entropy = jnp.mean(entropy(out.weights))
         usage_entropy = entropy(jnp.mean(out.weights, axis=0))

@@ -94,11 +94,11 @@ def critic_loss(critic_params, state: SACState, batch: replay.Transition, key, a
 def actor_loss(actor_params, critic_params, log_alpha, obs, key, actor, cfg: SACConfig):
     critic = make_critic(cfg)
     alpha = jnp.exp(log_alpha)
-    actions, log_probs, weights = actor.samples(actor_params, obs, key)
+    (actions, log_probs, weights), (aux, aux_metrics) = actor.samples_with_aux(
+        actor_params, obs, key)
     q = jnp.min(critic.apply(critic_params, _broadcast_obs(obs, actions.shape[1]), actions),
                 axis=0)
     sac_loss = jnp.mean(jnp.sum(weights * (alpha * log_probs - q), axis=-1))
-    aux, aux_metrics = actor.aux_loss(actor_params, obs)
     log_prob = jnp.mean(jnp.sum(weights * log_probs, axis=-1))
     metrics = {"losses/actor": sac_loss, "losses/actor_aux": aux,
                "charts/entropy": -log_prob, **aux_metrics}

@@ -1,0 +1,141 @@
+"""train.py flags (including the original's) and the real command as a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protosac_jax.cli import build_parser, config_from_args
+from protosac_jax.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cfg_of(*argv):
+    return config_from_args(build_parser().parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("text,expected", [("False", False), ("false", False), ("0", False),
+                                           ("True", True), ("true", True), ("1", True)])
+def test_baseline_flag_parses_booleans(text, expected):
+    assert cfg_of("--baseline", text).baseline is expected
+
+
+def test_bare_baseline_flag_means_true_and_default_is_protosac():
+    assert cfg_of("--baseline").baseline is True
+    assert cfg_of().baseline is False and cfg_of().algo == "protosac"
+
+
+def test_original_flags_environment_and_episodes():
+    cfg = cfg_of("--environment", "0", "--episodes", "300", "--baseline", "False")
+    assert cfg.env == "pendulum" and cfg.total_steps == 300 * 200 and not cfg.baseline
+    cfg = cfg_of("--environment", "2", "--episodes", "3")
+    assert cfg.env == "mountaincar" and cfg.total_steps == 3 * 999
+
+
+def test_flags_override_preset():
+    cfg = cfg_of("--env", "pendulum", "--num-envs", "4", "--total-steps", "500", "--seed", "7",
+                 "--num-prototypes", "16", "--hidden", "32,32", "--similarity", "rbf",
+                 "--lr", "0.002", "--num_prototypes", "8")
+    assert (cfg.num_envs, cfg.total_steps, cfg.seed) == (4, 500, 7)
+    assert cfg.proto.num_prototypes == 8 and cfg.proto.similarity == "rbf"
+    assert cfg.sac.hidden_sizes == (32, 32) and cfg.sac.actor_lr == 0.002
+
+
+@pytest.mark.parametrize("argv", [["--baseline", "maybe"], ["--num-envs", "0"],
+                                  ["--total-steps", "-5"], ["--env", "nope"],
+                                  ["--environment", "9"], ["--episodes", "2", "--total-steps", "9"],
+                                  ["--env", "mountaincar", "--environment", "0"],
+                                  ["--hidden", "a,b"]])
+def test_bad_flags_raise_config_errors(argv):
+    from protosac_jax.envs import EnvError
+
+    with pytest.raises((ConfigError, EnvError)):
+        cfg_of(*argv)
+
+
+def run_cli(*args, cwd=ROOT, script="train.py"):
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--env", "nope"], "unknown env"),
+    (["--num-envs", "0"], "--num-envs"),
+    (["--total-steps", "-5"], "--total-steps"),
+    (["--baseline", "maybe"], "maybe"),
+    (["--environment", "1"], "issue #5"),
+    (["--env", "humanoid", "--num-envs", "2048"], "issue #4"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
+    proc = run_cli(*args, "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_out_is_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = run_cli("--out", str(blocker / "run"), cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr and blocker.read_text() == "x"
+    # an existing non-empty run directory is never overwritten
+    existing = tmp_path / "old"
+    existing.mkdir()
+    (existing / "config.json").write_text("keep")
+    proc = run_cli("--out", str(existing), cwd=tmp_path)
+    assert proc.returncode == 2 and "not empty" in proc.stderr
+    assert (existing / "config.json").read_text() == "keep"
+    proc = run_cli("--out", "/proc/protosac-test-run", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_help_lists_envs():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for name in ("pendulum", "mountaincar", "LunarLanderContinuous-v3", "humanoid"):
+        assert name in proc.stdout
+
+
+def test_viz_says_not_yet():
+    proc = run_cli("--ckpt", "x", script="viz.py")
+    assert proc.returncode == 2 and "not yet" in proc.stderr
+
+
+def test_real_short_run_writes_a_loadable_run_directory(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("--env", "pendulum", "--total-steps", "1500", "--learning-starts", "500",
+                   "--eval-every", "500", "--eval-episodes", "2", "--num-prototypes", "8",
+                   "--projection-every", "400", "--out", str(out), "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "final eval return" in proc.stdout
+    for name in ("config.json", "metrics.jsonl", "final/params.msgpack",
+                 "final/provenance.npz", "final/meta.json", "prototypes.png"):
+        assert (out / name).is_file(), name
+    assert any(p.name.startswith("events.out.tfevents") for p in out.iterdir())
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [d["env_steps"] for d in lines] == [500, 1000, 1500]
+    assert "losses/critic" in lines[-1] and "proto/usage_entropy" in lines[-1]
+    assert json.loads((out / "config.json").read_text())["proto"]["num_prototypes"] == 8
+
+    import protosac_jax
+
+    agent = protosac_jax.load(out)
+    action = agent.act(np.array([1.0, 0.0, 0.0]))
+    assert action.shape == (1,) and -2.0 <= float(action[0]) <= 2.0
+    assert agent.act(np.zeros((5, 3))).shape == (5, 1)
+    explanation = agent.explain(np.array([1.0, 0.0, 0.0]), top_k=3)
+    assert explanation["weights"].shape == (8,)
+    assert explanation["weights"].sum() == pytest.approx(1.0, rel=1e-5)
+    # 1000 updates with projection every 400: every prototype is a real buffer state
+    index = agent.prototypes["buffer_index"]
+    assert index.shape == (8,) and (index >= 0).all() and (index < 1500).all()
+    assert (agent.prototypes["update_step"] == 800).all()
