@@ -50,6 +50,9 @@ class PrototypeConfig:
     ortho_coef: float = 0.01
     weight_entropy_coef: float = 0.001  # penalises diffuse per-state weights
     usage_entropy_coef: float = 0.01  # rewards using every prototype across a batch
+    # Pulls each prototype towards its nearest encoded batch state (Li et al. 2018's R1), so
+    # prototypes stay on the data manifold and projection barely moves them.
+    proximity_coef: float = 0.0  # off by default: 0.1 did not reduce churn (RESULTS.md)
     projection_every: int = 5000  # gradient updates between projections; 0 = off
     projection_chunk: int = 4096  # buffer rows encoded per block during projection
     init_log_std: float = 0.0

@@ -206,6 +206,9 @@ def run_chunk(loop: Loop, ts: TrainState, num_iterations: int, warmup: bool):
     out["eval/return_min"] = jnp.min(returns)
     out["charts/buffer_size"] = ts.buffer.size
     out["charts/updates"] = ts.learner.num_updates
+    if loop.is_proto:
+        # latent distance each prototype moved at its last projection (0 before the first)
+        out["proto/projection_churn"] = jnp.mean(ts.provenance.distance)
     return ts, out
 
 

@@ -24,7 +24,9 @@ Prototype k owns a state-independent Gaussian over pre-squash actions: mean m_k,
    orthogonality  ||P^ P^T - I||_F^2, P^ = row-normalised P  (prototypes stay distinct)
    weight entropy mean_b H(w_b)        (minimised: crisp per-state assignment)
    usage entropy  H(mean_b w_b)        (maximised: every prototype gets used)
-   aux = c_ortho * ortho + c_went * weight_entropy - c_usage * usage_entropy.
+   proximity      mean_k min_b ||sg(z_b) - p_k||^2  (Li et al. 2018's R1: each prototype stays
+                  near some encoded state, so projection barely moves it; sg = stop-gradient)
+   aux = c_ortho * ortho + c_went * weight_entropy - c_usage * usage_entropy + c_prox * proximity.
 5. Projection (every M updates): p_k <- f(x_j*) with j* = argmin_j ||f(x_j) - p_k||^2 over the
    replay buffer, so every prototype *is* the encoding of a real, renderable state. The buffer
    index, the obs and the env's render state are kept as provenance.
@@ -228,12 +230,16 @@ class ProtoActor:
         ortho = orthogonality_loss(out.prototypes)
         weight_entropy = jnp.mean(entropy(out.weights))
         usage_entropy = entropy(jnp.mean(out.weights, axis=0))
+        proximity = jnp.mean(jnp.min(
+            squared_distances(jax.lax.stop_gradient(out.latents), out.prototypes), axis=0))
         loss = (self.cfg.ortho_coef * ortho + self.cfg.weight_entropy_coef * weight_entropy
-                - self.cfg.usage_entropy_coef * usage_entropy)
+                - self.cfg.usage_entropy_coef * usage_entropy
+                + self.cfg.proximity_coef * proximity)
         return loss, {
             "proto/orthogonality": ortho,
             "proto/weight_entropy": weight_entropy,
             "proto/usage_entropy": usage_entropy,
+            "proto/proximity": proximity,
         }
 
 

@@ -105,12 +105,13 @@ def _actor(**kw):
 
 
 def test_aux_loss_combines_terms_with_coefficients():
-    actor = _actor(ortho_coef=0.5, weight_entropy_coef=0.25, usage_entropy_coef=2.0)
+    actor = _actor(ortho_coef=0.5, weight_entropy_coef=0.25, usage_entropy_coef=2.0,
+                   proximity_coef=0.3)
     obs = jax.random.normal(jax.random.PRNGKey(0), (10, 3))
     params = actor.init(jax.random.PRNGKey(1), obs)
     loss, m = actor.aux_loss(params, obs)
     expected = (0.5 * m["proto/orthogonality"] + 0.25 * m["proto/weight_entropy"]
-                - 2.0 * m["proto/usage_entropy"])
+                - 2.0 * m["proto/usage_entropy"] + 0.3 * m["proto/proximity"])
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 
 

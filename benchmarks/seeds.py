@@ -1,6 +1,6 @@
-"""Full Foundation check: Pendulum-v1, default preset, 10k env steps, 3 seeds, both actors.
+"""Foundation learning checks: an env preset (default pendulum: 10k env steps), 3 seeds, both actors.
 
-    .venv/bin/python benchmarks/pendulum_seeds.py [--seeds 0 1 2] [--env pendulum]
+    .venv/bin/python benchmarks/seeds.py [--seeds 0 1 2] [--env pendulum]
 
 Prints one line per run and a JSON summary; the slow test `tests/test_learning.py` runs the
 same check.
