@@ -13,12 +13,19 @@ def train(cfg: TrainConfig, out=None, progress: bool = True, quiet: bool = False
     return _train(cfg, out=out, progress=progress, quiet=quiet)
 
 
-def load(path):
-    """Load a finished run directory as an Agent (see protosac_jax.agent)."""
+def load(path, step=None, best: bool = False):
+    """Load a run directory (or one checkpoint step) as an Agent (see protosac_jax.agent)."""
     from protosac_jax.agent import load as _load
 
-    return _load(path)
+    return _load(path, step=step, best=best)
+
+
+def resume(run_dir, progress: bool = True, quiet: bool = False, **overrides):
+    """Continue a run from its newest good checkpoint (see protosac_jax.trainer.resume)."""
+    from protosac_jax.trainer import resume as _resume
+
+    return _resume(run_dir, progress=progress, quiet=quiet, **overrides)
 
 
 __all__ = ["ConfigError", "EnvError", "PrototypeConfig", "SACConfig", "TrainConfig", "preset",
-           "make_env", "train", "load", "__version__"]
+           "make_env", "train", "load", "resume", "__version__"]

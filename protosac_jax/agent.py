@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from protosac_jax.checkpoint import load_final
+from protosac_jax.checkpoint import load_policy
 from protosac_jax.prototype import ProtoActor
 
 
@@ -19,9 +19,14 @@ class Agent:
     config: Any
     spec: Any
     actor: Any
-    params: dict[str, Any]  # actor, critic, target_critic, log_alpha
+    learner: Any  # sac.SACState: actor/critic/target params, temperature, optimizer states
     prototypes: dict[str, np.ndarray] | None  # provenance (buffer_index, obs, render_state, ...)
     meta: dict[str, Any]
+
+    @property
+    def params(self):
+        """The actor's parameters."""
+        return self.learner.actor_params
 
     @property
     def is_proto(self) -> bool:
@@ -36,11 +41,11 @@ class Agent:
         """Env-scaled action(s) for one obs or a batch."""
         batch, single = self._batch(obs)
         if deterministic:
-            action = _deterministic(self.actor, self.params["actor"], batch)
+            action = _deterministic(self.actor, self.params, batch)
         else:
             key = jax.random.PRNGKey(seed)
             noise = jax.random.normal(key, (batch.shape[0], self.spec.action_dim))
-            action = _stochastic(self.actor, self.params["actor"], batch, noise,
+            action = _stochastic(self.actor, self.params, batch, noise,
                                  jax.random.fold_in(key, 1))
         low, high = np.asarray(self.spec.action_low), np.asarray(self.spec.action_high)
         action = low + (np.asarray(action) + 1.0) * 0.5 * (high - low)
@@ -49,9 +54,10 @@ class Agent:
     def explain(self, obs, top_k: int = 3) -> dict[str, np.ndarray]:
         """Prototype weights, the top-k prototypes and each prototype's Gaussian."""
         if not self.is_proto:
-            raise ValueError("explain() needs a ProtoSAC agent; this one is a --baseline SAC")
+            raise ValueError("explain() needs a ProtoSAC agent; this checkpoint is a --baseline "
+                             "(plain SAC) run, which has no prototypes")
         batch, single = self._batch(obs)
-        out = jax.device_get(_forward(self.actor, self.params["actor"], batch))
+        out = jax.device_get(_forward(self.actor, self.params, batch))
         weights = np.asarray(out.weights)
         top = np.argsort(-weights, axis=-1)[:, :top_k]
         result = {
@@ -82,7 +88,10 @@ def _forward(actor, params, obs):
     return jax.jit(actor.forward)(params, obs)
 
 
-def load(path) -> Agent:
-    cfg, spec, actor, params, provenance, meta = load_final(Path(path))
-    return Agent(config=cfg, spec=spec, actor=actor, params=params,
+def load(path, step: int | None = None, best: bool = False) -> Agent:
+    """Agent from a run directory (newest checkpoint, or `step`, or the best-by-eval one with
+    `best=True`) or from a step directory `<run>/ckpt/latest/<step>`. Loads onto the CPU
+    whatever device trained it."""
+    cfg, spec, actor, learner, provenance, meta = load_policy(Path(path), step=step, best=best)
+    return Agent(config=cfg, spec=spec, actor=actor, learner=learner,
                  prototypes=provenance if isinstance(actor, ProtoActor) else None, meta=meta)

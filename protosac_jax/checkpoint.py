@@ -1,81 +1,282 @@
-"""Saving and loading the final parameters of a run.
+"""Orbax checkpoints: everything needed to continue exactly, and `load` for inference.
 
-Format (version 1): `final/params.msgpack` (flax serialization of the learner parameters),
-`final/provenance.npz`, `final/meta.json`, next to the run's `config.json`. The Orbax issue
-(#6) replaces this with full, resumable checkpoints; `load` keeps reading version 1.
+Layout of a run directory:
+  config.json                      the TrainConfig (shape of the model; read by resume/load)
+  ckpt/latest/<env_steps>/         last `keep_checkpoints` resumable checkpoints, items:
+      learner      SACState: actor/critic/target params, optimizer states, temperature, counters
+      provenance   where each prototype came from (buffer index, obs, render state)
+      loop         env states, current obs, exploration noise, running returns, RNG, env steps
+      buffer       the replay buffer (absent with --no-save-buffer; resume then refills it)
+      meta         JSON: format version, env spec, env steps, eval return, whether buffer saved
+  ckpt/best/<env_steps>/           the best-by-eval policy (learner, provenance, meta)
+
+Orbax writes each step into a temporary directory and renames it when complete, so a step
+directory that exists is whole; an interrupted save leaves only a temporary directory that
+Orbax ignores. A step that still fails to restore (disk corruption) is skipped with a warning
+and the previous good step is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
-import flax.serialization
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+ITEMS_FULL = ("learner", "provenance", "loop", "buffer", "meta")
+ITEMS_BEST = ("learner", "provenance", "meta")
 
 
 class CheckpointError(ValueError):
-    """A run directory that cannot be loaded (the CLI turns this into one line)."""
+    """A run directory or checkpoint that cannot be used (the CLI turns this into one line)."""
 
 
-def _learner_tree(learner) -> dict[str, Any]:
-    return {
-        "actor": learner.actor_params,
-        "critic": learner.critic_params,
-        "target_critic": learner.target_critic_params,
-        "log_alpha": learner.log_alpha,
-    }
+def _ocp():
+    import orbax.checkpoint as ocp  # imported lazily: slow import, not needed for CLI errors
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    if sys.unraisablehook is not _quiet_closed_event_loop:
+        _previous_hooks.append(sys.unraisablehook)
+        sys.unraisablehook = _quiet_closed_event_loop
+    return ocp
 
 
-def save_final(run_dir: Path, loop, ts, stats: dict[str, Any]) -> Path:
-    final = Path(run_dir) / "final"
-    final.mkdir(parents=True, exist_ok=True)
-    tree = jax.device_get(_learner_tree(ts.learner))
-    tmp = final / "params.msgpack.tmp"
-    tmp.write_bytes(flax.serialization.to_bytes(tree))
-    tmp.replace(final / "params.msgpack")  # atomic: a reader never sees half a file
-    prov = jax.device_get(ts.provenance)
-    np.savez(final / "provenance.npz",
-             **{f.name: np.asarray(getattr(prov, f.name)) for f in dataclasses.fields(prov)})
-    meta = {"format_version": FORMAT_VERSION, "spec": dataclasses.asdict(loop.spec), **stats}
-    (final / "meta.json").write_text(json.dumps(meta, indent=2))
-    return final
+_previous_hooks: list = []
 
 
-def load_final(run_dir: Path):
-    """(config, spec, actor, learner params dict, provenance dict, meta) of a finished run."""
+def _quiet_closed_event_loop(unraisable):
+    """After a failed restore of a corrupted step, Orbax's background threads may post to an
+    event loop that is already closed; Python then prints 'Event loop is closed' tracebacks at
+    exit. We already reported the failure in one line, so drop exactly those."""
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+        return
+    _previous_hooks[0](unraisable)
+
+
+def _loop_part(ts) -> dict[str, Any]:
+    return {"env_state": ts.env_state, "obs": ts.obs, "noise": ts.noise,
+            "episode_return": ts.episode_return, "rng": ts.rng, "env_steps": ts.env_steps}
+
+
+def _abstract(tree):
+    ocp = _ocp()
+    return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpointer:
+    """Saves a run's latest and best checkpoints under `<run_dir>/ckpt`."""
+
+    def __init__(self, run_dir: Path, keep: int = 3):
+        ocp = _ocp()
+        self.run_dir = Path(run_dir)
+        self.latest = ocp.CheckpointManager(
+            (self.run_dir / "ckpt" / "latest").absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=False),
+            item_names=ITEMS_FULL)
+        self.best = ocp.CheckpointManager(
+            (self.run_dir / "ckpt" / "best").absolute(),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, create=True, best_fn=lambda m: m["eval_return"],
+                best_mode="max", enable_async_checkpointing=False),
+            item_names=ITEMS_BEST)
+
+    def save(self, ts, meta: dict[str, Any], save_buffer: bool) -> int:
+        ocp = _ocp()
+        step = int(meta["env_steps"])
+        args = {
+            "learner": ocp.args.StandardSave(ts.learner),
+            "provenance": ocp.args.StandardSave(ts.provenance),
+            "loop": ocp.args.StandardSave(_loop_part(ts)),
+            "meta": ocp.args.JsonSave({**meta, "buffer_saved": save_buffer}),
+        }
+        if save_buffer:
+            args["buffer"] = ocp.args.StandardSave(ts.buffer)
+        if step not in self.latest.all_steps():
+            self.latest.save(step, args=ocp.args.Composite(**args), force=True)
+        self.latest.wait_until_finished()
+        return step
+
+    def save_best(self, ts, meta: dict[str, Any]) -> None:
+        ocp = _ocp()
+        step = int(meta["env_steps"])
+        if step in self.best.all_steps():
+            return
+        self.best.save(step, args=ocp.args.Composite(
+            learner=ocp.args.StandardSave(ts.learner),
+            provenance=ocp.args.StandardSave(ts.provenance),
+            meta=ocp.args.JsonSave(meta)),
+            metrics={"eval_return": float(meta["eval_return"])}, force=True)
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+# ----------------------------------------------------------------------------- reading
+def read_config(run_dir: Path):
     from protosac_jax import config as config_lib
-    from protosac_jax import envs, loops, sac
-    from protosac_jax.envs.base import EnvSpec
 
     run_dir = Path(run_dir)
-    final = run_dir / "final"
-    for needed in (run_dir / "config.json", final / "params.msgpack", final / "meta.json"):
-        if not needed.is_file():
-            raise CheckpointError(f"{run_dir} is not a finished run: {needed.name} is missing")
-    meta = json.loads((final / "meta.json").read_text())
+    if not run_dir.exists():
+        raise CheckpointError(f"{run_dir} does not exist")
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.json)")
+    try:
+        return config_lib.from_json(path.read_text())
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path} is not a valid config ({err})") from None
+
+
+def _check_meta(meta: dict[str, Any], where: Path) -> None:
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 2:
         raise CheckpointError(
-            f"{run_dir}: checkpoint format {version!r} is not supported by this version "
-            f"(reads {FORMAT_VERSION}); upgrade protosac-jax")
-    cfg = config_lib.from_json((run_dir / "config.json").read_text())
-    spec_dict = meta["spec"]
-    spec_dict["obs_shape"] = tuple(spec_dict["obs_shape"])
-    spec_dict["action_low"] = tuple(spec_dict["action_low"])
-    spec_dict["action_high"] = tuple(spec_dict["action_high"])
-    spec = EnvSpec(**spec_dict)
-    actor = loops.make_actor(cfg, spec.action_dim)
-    obs = jnp.zeros(spec.obs_shape, jnp.float32)
-    template = sac.init(jax.random.PRNGKey(0), actor, cfg.sac, obs, spec.action_dim)
-    tree = flax.serialization.from_bytes(_learner_tree(template),
-                                         (final / "params.msgpack").read_bytes())
-    provenance = dict(np.load(final / "provenance.npz"))
-    del envs  # the env itself is not needed for inference
-    return cfg, spec, actor, tree, provenance, meta
+            f"{where}: checkpoint format {version!r} is not readable by this protosac-jax "
+            f"(reads format 2..{FORMAT_VERSION}); upgrade protosac-jax")
+
+
+def _steps(directory: Path) -> list[int]:
+    if not directory.is_dir():
+        return []
+    return sorted((int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()),
+                  reverse=True)
+
+
+def spec_from_meta(meta: dict[str, Any]):
+    from protosac_jax.envs.base import EnvSpec
+
+    spec = dict(meta["spec"])
+    for key in ("obs_shape", "action_low", "action_high"):
+        spec[key] = tuple(spec[key])
+    return EnvSpec(**spec)
+
+
+def _restore(directory: Path, step: int, items: dict[str, Any]) -> dict[str, Any]:
+    """Restore `items` (name -> abstract template, or None for JSON) of one step."""
+    ocp = _ocp()
+    args = {name: (ocp.args.JsonRestore() if template is None
+                   else ocp.args.StandardRestore(template)) for name, template in items.items()}
+    with ocp.CheckpointManager(directory.absolute(), item_names=tuple(items)) as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(**args))
+    return {name: restored[name] for name in items}
+
+
+def _read_meta(directory: Path, step: int) -> dict[str, Any]:
+    path = directory / str(step) / "meta" / "metadata"
+    if not path.is_file():
+        raise CheckpointError(f"{directory / str(step)}: meta is missing")
+    meta = json.loads(path.read_text())
+    _check_meta(meta, directory / str(step))
+    return meta
+
+
+def restore_train_state(run_dir: Path, loop, step: int | None = None):
+    """(TrainState, meta) of the newest restorable step (or `step`); buffer may be empty.
+
+    Falls back to older steps, with a warning, when the newest cannot be read.
+    """
+    from protosac_jax import loops, replay
+
+    directory = Path(run_dir) / "ckpt" / "latest"
+    candidates = _steps(directory)
+    if step is not None:
+        candidates = [s for s in candidates if s == step]
+    if not candidates:
+        raise CheckpointError(f"{run_dir} has no checkpoint to resume from"
+                              + (f" at step {step}" if step is not None else ""))
+    template = jax.eval_shape(lambda: loops.init_state(loop, jax.random.PRNGKey(0)))
+    failures = []
+    for candidate in candidates:
+        try:
+            meta = _read_meta(directory, candidate)
+            items = {"learner": template.learner, "provenance": template.provenance,
+                     "loop": _loop_part(template), "meta": None}
+            if meta.get("buffer_saved"):
+                items["buffer"] = template.buffer
+            restored = _restore(directory, candidate, items)
+        except CheckpointError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any unreadable step: try the previous one
+            failures.append(f"step {candidate}: {type(err).__name__}")
+            continue
+        if failures:
+            warnings.warn(f"skipped unreadable checkpoint(s) {', '.join(failures)}; "
+                          f"resuming from step {candidate}", stacklevel=2)
+        buffer = restored.get("buffer")
+        if buffer is None:
+            buffer = jax.tree_util.tree_map(
+                lambda s: np.zeros(s.shape, s.dtype), template.buffer)
+            buffer = replay.ReplayState(data=buffer.data, insert_position=buffer.insert_position,
+                                        size=buffer.size)
+        part = restored["loop"]
+        ts = loops.TrainState(
+            learner=restored["learner"], buffer=buffer, env_state=part["env_state"],
+            obs=part["obs"], noise=part["noise"], episode_return=part["episode_return"],
+            provenance=restored["provenance"], rng=part["rng"], env_steps=part["env_steps"])
+        return ts, restored["meta"]
+    raise CheckpointError(f"{run_dir}: no readable checkpoint ({'; '.join(failures)})")
+
+
+def load_policy(path, step: int | None = None, best: bool = False):
+    """(config, spec, actor, learner SACState, provenance, meta) for inference on this host.
+
+    `path` is a run directory or one step directory inside it (`<run>/ckpt/latest/<step>`).
+    """
+    from protosac_jax import loops, sac
+    from protosac_jax.prototype import Provenance
+
+    path = Path(path)
+    if path.name.isdigit() and path.parent.parent.name == "ckpt":
+        run_dir, step, best = path.parent.parent.parent, int(path.name), path.parent.name == "best"
+    else:
+        run_dir = path
+    cfg = read_config(run_dir)
+    directory = run_dir / "ckpt" / ("best" if best else "latest")
+    candidates = _steps(directory)
+    if step is not None:
+        if step not in candidates:
+            raise CheckpointError(f"{run_dir} has no checkpoint at step {step} "
+                                  f"(has {sorted(candidates) or 'none'})")
+        candidates = [step]
+    if not candidates:
+        raise CheckpointError(f"{run_dir} has no {'best' if best else ''} checkpoint yet".replace(
+            "  ", " "))
+    failures = []
+    for candidate in candidates:
+        meta = _read_meta(directory, candidate)
+        spec = spec_from_meta(meta)
+        actor = loops.make_actor(cfg, spec.action_dim)
+        obs = jax.ShapeDtypeStruct(spec.obs_shape, np.float32)
+        learner_t = jax.eval_shape(lambda o: sac.init(jax.random.PRNGKey(0), actor, cfg.sac, o,
+                                                      spec.action_dim), obs)
+        prov_t = jax.eval_shape(lambda: Provenance.empty(
+            cfg.proto.num_prototypes, np.zeros(spec.obs_shape, np.float32),
+            np.zeros((spec.render_dim,), np.float32)))
+        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        with_sharding = lambda t: jax.tree_util.tree_map(  # noqa: E731
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=cpu), t)
+        try:
+            restored = _restore(directory, candidate, {
+                "learner": with_sharding(learner_t), "provenance": with_sharding(prov_t),
+                "meta": None})
+        except Exception as err:  # noqa: BLE001
+            failures.append(f"step {candidate}: {type(err).__name__}")
+            continue
+        if failures:
+            warnings.warn(f"skipped unreadable checkpoint(s) {', '.join(failures)}; "
+                          f"loaded step {candidate}", stacklevel=2)
+        provenance = {f.name: np.asarray(getattr(restored["provenance"], f.name))
+                      for f in dataclasses.fields(restored["provenance"])}
+        return cfg, spec, actor, restored["learner"], provenance, restored["meta"]
+    raise CheckpointError(f"{run_dir}: no readable checkpoint ({'; '.join(failures)})")

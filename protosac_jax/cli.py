@@ -74,6 +74,13 @@ def build_parser() -> OneLineParser:
     a("--eval-every", type=int)
     a("--eval-episodes", type=int)
     a("--out", help="run directory (default checkpoints/<env>-<algo>-<seed>-<time>)")
+    a("--resume", metavar="RUN_DIR",
+      help="continue RUN_DIR from its newest good checkpoint with its saved config "
+      "(only --total-steps/--episodes and checkpoint/log flags may be given)")
+    a("--save-every", type=int, help="env steps between resumable checkpoints")
+    a("--keep-checkpoints", type=int, help="resumable checkpoints kept (plus the best)")
+    a("--no-save-buffer", action="store_true",
+      help="leave the replay buffer out of checkpoints (resume refills it)")
     a("--no-progress", action="store_true", help="no progress bar")
     a("--no-tensorboard", action="store_true")
     a("--quiet", action="store_true", help="only the final line")
@@ -102,6 +109,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             top[field] = getattr(args, flag)
     if args.no_tensorboard:
         top["log_tensorboard"] = False
+    if args.no_save_buffer:
+        top["save_buffer"] = False
+    for flag in ("save_every", "keep_checkpoints"):
+        if getattr(args, flag) is not None:
+            top[flag] = getattr(args, flag)
     for flag, field in [("num_prototypes", "num_prototypes"), ("latent_dim", "latent_dim"),
                         ("similarity", "similarity"), ("distribution", "distribution"),
                         ("projection_every", "projection_every")]:
@@ -127,21 +139,67 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
-def main(argv=None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        cfg = config_from_args(args)
-        from protosac_jax.trainer import check_writable_dir, train
+RESUME_FLAGS = {"resume", "total_steps", "episodes", "save_every", "keep_checkpoints",
+                "no_save_buffer", "no_progress", "quiet", "no_tensorboard"}
 
-        if args.out is not None:
-            check_writable_dir(args.out)
-        result = train(cfg, out=args.out, progress=not (args.no_progress or args.quiet),
-                       quiet=args.quiet)
-    except (ConfigError, EnvError) as err:
+
+def resume_overrides(args: argparse.Namespace, cfg: TrainConfig) -> dict:
+    """Flags allowed with --resume, as TrainConfig overrides; any other flag is refused."""
+    given = {k for k, v in vars(args).items() if v not in (None, False)}
+    refused = sorted(given - RESUME_FLAGS)
+    if refused:
+        names = ", ".join("--" + k.replace("_", "-") for k in refused)
+        raise ConfigError(f"--resume keeps the run's config (model shape, env, seed); "
+                          f"cannot combine it with {names}")
+    overrides = {}
+    if args.total_steps is not None and args.episodes is not None:
+        raise ConfigError("give --episodes or --total-steps, not both")
+    if args.total_steps is not None:
+        overrides["total_steps"] = args.total_steps
+    if args.episodes is not None:
+        overrides["total_steps"] = args.episodes * envs.make_env(cfg.env).spec.episode_length
+    for flag in ("save_every", "keep_checkpoints"):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag)
+    if args.no_save_buffer:
+        overrides["save_buffer"] = False
+    if args.no_tensorboard:
+        overrides["log_tensorboard"] = False
+    return overrides
+
+
+def main(argv=None) -> int:
+    from protosac_jax.checkpoint import CheckpointError
+
+    try:
+        from protosac_jax import trainer
+
+        args = build_parser().parse_args(argv)
+        progress = not (args.no_progress or args.quiet)
+        if args.resume is not None:
+            from protosac_jax.checkpoint import read_config
+
+            cfg = read_config(args.resume)
+            overrides = resume_overrides(args, cfg)
+            result = trainer.resume(args.resume, progress=progress, quiet=args.quiet,
+                                    **overrides)
+            cfg = config_lib.from_json((result.run_dir / "config.json").read_text())
+        else:
+            cfg = config_from_args(args)
+            if args.out is not None:
+                trainer.check_writable_dir(args.out)
+            result = trainer.train(cfg, out=args.out, progress=progress, quiet=args.quiet)
+    except (ConfigError, EnvError, CheckpointError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
+    except trainer.TrainingDiverged as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 1
+    except trainer.Interrupted as err:
+        print(f"train.py: {err}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("train.py: interrupted", file=sys.stderr)
+        print("train.py: aborted (no checkpoint written for the current chunk)", file=sys.stderr)
         return 130
     print(f"done: {cfg.env} {cfg.algo} seed {cfg.seed}: final eval return "
           f"{result.final_eval:.1f} -> {result.run_dir}")

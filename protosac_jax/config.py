@@ -79,6 +79,9 @@ class TrainConfig:
     eval_every: int = 2_000  # env steps between evaluations (one jitted chunk)
     eval_episodes: int = 10
     log_tensorboard: bool = True
+    save_every: int = 50_000  # env steps between resumable checkpoints (also saved at the end)
+    keep_checkpoints: int = 3  # latest resumable checkpoints kept (plus the best-by-eval policy)
+    save_buffer: bool = True  # include the replay buffer (off: resume refills it first)
     sac: SACConfig = SACConfig()
     proto: PrototypeConfig = PrototypeConfig()
 
@@ -98,6 +101,8 @@ def validate(cfg: TrainConfig) -> None:
         (0.0 <= cfg.noise_correlation < 1.0, "--noise-correlation must be in [0, 1)"),
         (cfg.eval_every >= 1, "--eval-every must be >= 1"),
         (cfg.eval_episodes >= 1, "--eval-episodes must be >= 1"),
+        (cfg.save_every >= 1, "--save-every must be >= 1"),
+        (cfg.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1"),
         (cfg.sac.batch_size >= 1, "--batch-size must be >= 1"),
         (cfg.proto.num_prototypes >= 1, "--num-prototypes must be >= 1"),
         (cfg.proto.latent_dim >= 1, "--latent-dim must be >= 1"),
@@ -139,6 +144,12 @@ def preset(env: str) -> TrainConfig:
             proto=PrototypeConfig(latent_dim=32, projection_every=5_000),
         )
     return TrainConfig(env=env)
+
+
+# Fields that may differ when resuming a run (nothing else may: it would change the model or
+# the data it was trained on).
+RESUMABLE_FIELDS = ("total_steps", "save_every", "keep_checkpoints", "save_buffer",
+                    "log_tensorboard")
 
 
 # --------------------------------------------------------------------------- JSON

@@ -179,14 +179,14 @@ def evaluate(loop: Loop, actor_params, key, num_episodes: int):
     return total
 
 
-def run_chunk(loop: Loop, ts: TrainState, num_iterations: int, warmup: bool):
-    """`num_iterations` iterations (random warm-up or training), then an evaluation.
-
-    Jit with `loop`, `num_iterations` and `warmup` static.
+def run_chunk(loop: Loop, ts: TrainState, num_iterations: int, mode: str):
+    """`num_iterations` iterations, then an evaluation. Modes: "random" (warm-up: random
+    actions, no updates), "collect" (policy actions, no updates: refilling a buffer after a
+    resume without one), "train". Jit with `loop`, `num_iterations` and `mode` static.
     """
-    if warmup:
+    if mode in ("random", "collect"):
         def body(ts, _):
-            ts, finished = env_step(loop, ts, random_actions=True)
+            ts, finished = env_step(loop, ts, random_actions=mode == "random")
             return ts, (finished, {})
     else:
         def body(ts, _):
@@ -206,6 +206,9 @@ def run_chunk(loop: Loop, ts: TrainState, num_iterations: int, warmup: bool):
     out["eval/return_min"] = jnp.min(returns)
     out["charts/buffer_size"] = ts.buffer.size
     out["charts/updates"] = ts.learner.num_updates
+    finite = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(
+        (ts.learner.actor_params, ts.learner.critic_params, ts.learner.log_alpha))]
+    out["health/params_finite"] = jnp.all(jnp.stack(finite)).astype(jnp.float32)
     if loop.is_proto:
         # latent distance each prototype moved at its last projection (0 before the first)
         out["proto/projection_churn"] = jnp.mean(ts.provenance.distance)
@@ -216,19 +219,23 @@ run_chunk_jit = jax.jit(run_chunk, static_argnums=(0, 2, 3), donate_argnums=(1,)
 init_state_jit = jax.jit(init_state, static_argnums=(0,))
 
 
-def schedule(cfg: TrainConfig) -> list[tuple[int, bool]]:
-    """Chunks as (iterations, warmup): one warm-up chunk, then eval-sized training chunks.
+def schedule(cfg: TrainConfig, done_iterations: int = 0) -> list[tuple[int, str]]:
+    """Chunks (iterations, mode) still to run after `done_iterations`: a random warm-up chunk,
+    then eval-sized training chunks aligned to the end of the warm-up, so a resumed run
+    (which always stops at a chunk boundary) replays exactly the chunks of an uninterrupted one.
 
     Total env steps are rounded up to whole iterations of `num_envs` steps.
     """
     total_iters = max(1, math.ceil(cfg.total_steps / cfg.num_envs))
     warmup_iters = min(total_iters, math.ceil(cfg.learning_starts / cfg.num_envs))
     chunk = max(1, cfg.eval_every // cfg.num_envs)
-    chunks: list[tuple[int, bool]] = []
-    if warmup_iters:
-        chunks.append((warmup_iters, True))
-    remaining = total_iters - warmup_iters
-    while remaining > 0:
-        chunks.append((min(chunk, remaining), False))
-        remaining -= chunk
+    chunks: list[tuple[int, str]] = []
+    position = done_iterations
+    if position < warmup_iters:
+        chunks.append((warmup_iters - position, "random"))
+        position = warmup_iters
+    while position < total_iters:
+        size = min(chunk - (position - warmup_iters) % chunk, total_iters - position)
+        chunks.append((size, "train"))
+        position += size
     return chunks

@@ -1,11 +1,15 @@
 """Host driver: runs the jitted chunks, logs, writes the run directory.
 
 Run directory (default `checkpoints/<env>-<algo>-<seed>-<timestamp>/`):
-  config.json        the TrainConfig (read back by `load`)
+  config.json        the TrainConfig (read back by `resume` and `load`)
   metrics.jsonl      one line per chunk, `group/name` metric keys
   events.out.*       TensorBoard (tensorboardX)
-  final/             params.msgpack (flax serialization), provenance.npz, meta.json
+  ckpt/              Orbax checkpoints: latest/<step> (resumable), best/<step> (see checkpoint.py)
   prototypes.png     the prototype grid (ProtoSAC on envs we can draw)
+
+SIGINT/SIGTERM during training: the current chunk finishes, a resumable checkpoint is saved and
+`Interrupted` is raised; a second Ctrl-C aborts at once. A non-finite loss or parameter raises
+`TrainingDiverged` without saving, so the latest checkpoint stays the last good one.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -74,6 +81,14 @@ def check_writable_dir(path: Path) -> None:
         raise ConfigError(f"--out {path}: cannot write in {parent} ({err.strerror})") from None
 
 
+class Interrupted(RuntimeError):
+    """Training stopped by a signal after saving a resumable checkpoint."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or parameter became non-finite; nothing was saved after the last good step."""
+
+
 @dataclasses.dataclass
 class RunResult:
     run_dir: Path
@@ -113,77 +128,187 @@ class _Logger:
             self.writer.close()
 
 
-def _progress(total: int, enabled: bool):
+class _SignalGuard:
+    """First SIGINT/SIGTERM sets a flag (checked between chunks); a second one aborts."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def _handler(self, signum, frame):
+        if self.received is not None:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name}: saving a resumable checkpoint after this chunk "
+              "(again to abort at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _progress(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="step", disable=not enabled, dynamic_ncols=True,
-                mininterval=0.5)
+    return tqdm(total=total, initial=initial, unit="step", disable=not enabled,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+def _first_non_finite(metrics: dict[str, Any]) -> str | None:
+    if metrics.get("health/params_finite") == 0.0:
+        return "parameters"
+    for key, value in metrics.items():
+        if key.startswith("losses/") and (value is None or not math.isfinite(value)):
+            return key
+    return None
+
+
+def make_loop(cfg: TrainConfig, env=None) -> loops.Loop:
+    env = env if env is not None else envs.make_env(cfg.env)
+    return loops.Loop(env=env, actor=loops.make_actor(cfg, env.spec.action_dim), cfg=cfg)
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike | None = None, progress: bool = True,
           quiet: bool = False) -> RunResult:
-    """Train one run; returns its directory, final deterministic eval return and history."""
+    """Train a new run; returns its directory, final deterministic eval return and history."""
     config_lib.validate(cfg)
     env = envs.make_env(cfg.env)
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     check_writable_dir(run_dir)
     enable_compilation_cache()
-
-    spec = env.spec
-    loop = loops.Loop(env=env, actor=loops.make_actor(cfg, spec.action_dim), cfg=cfg)
-    chunks = loops.schedule(cfg)
-
+    loop = make_loop(cfg, env)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"--out {run_dir}: {err.strerror}") from None
     (run_dir / "config.json").write_text(config_lib.to_json(cfg))
+    ts = loops.init_state_jit(loop, jax.random.PRNGKey(cfg.seed))
+    return _run(loop, ts, run_dir, progress and not quiet, quiet, refill=False)
+
+
+def resume(run_dir: str | os.PathLike, progress: bool = True, quiet: bool = False,
+           **overrides) -> RunResult:
+    """Continue a run from its newest good checkpoint with its saved config.
+
+    `overrides` may only touch config_lib.RESUMABLE_FIELDS (e.g. a larger total_steps).
+    """
+    from protosac_jax import checkpoint
+
+    run_dir = Path(run_dir)
+    cfg = checkpoint.read_config(run_dir)
+    bad = sorted(set(overrides) - set(config_lib.RESUMABLE_FIELDS))
+    if bad:
+        raise ConfigError(f"--resume keeps the run's config; cannot change {', '.join(bad)}")
+    cfg = dataclasses.replace(cfg, **overrides)
+    config_lib.validate(cfg)
+    enable_compilation_cache()
+    loop = make_loop(cfg)
+    ts, meta = checkpoint.restore_train_state(run_dir, loop)
+    if int(ts.env_steps) >= cfg.total_steps:
+        raise ConfigError(f"{run_dir} already has {int(ts.env_steps)} env steps; raise "
+                          f"--total-steps above that to continue")
+    (run_dir / "config.json").write_text(config_lib.to_json(cfg))
+    return _run(loop, ts, run_dir, progress and not quiet, quiet,
+                refill=not meta.get("buffer_saved", True))
+
+
+def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
+         refill: bool) -> RunResult:
+    from protosac_jax import checkpoint
+
+    cfg = loop.cfg
+    start_steps = int(ts.env_steps)
+    chunks = loops.schedule(cfg, done_iterations=start_steps // cfg.num_envs)
+    if refill:
+        # Resumed without a saved buffer: collect with the current policy before updating.
+        refill_iters = max(1, math.ceil(min(cfg.learning_starts, cfg.buffer_size)
+                                        / cfg.num_envs))
+        chunks = [(refill_iters, "collect")] + chunks
+        if not quiet:
+            print(f"resume: the buffer was not saved; refilling {refill_iters * cfg.num_envs} "
+                  "env steps with the current policy before updating", file=sys.stderr)
     logger = _Logger(run_dir, cfg.log_tensorboard)
+    checkpointer = checkpoint.Checkpointer(run_dir, keep=cfg.keep_checkpoints)
     history: list[dict[str, Any]] = []
     t_start = time.perf_counter()
-    ts = loops.init_state_jit(loop, jax.random.PRNGKey(cfg.seed))
-    bar = _progress(sum(n for n, _ in chunks) * cfg.num_envs, progress and not quiet)
-    env_steps = updates = 0
+    total = start_steps + sum(n for n, _ in chunks) * cfg.num_envs
+    bar = _progress(total, start_steps, progress)
+    env_steps, updates = start_steps, int(ts.learner.num_updates)
+    best_eval = -math.inf
+    last_saved = None
     first_chunk_s = None
+
+    def meta(eval_return):
+        return {"format_version": checkpoint.FORMAT_VERSION,
+                "spec": dataclasses.asdict(loop.spec), "env_steps": env_steps,
+                "updates": updates, "eval_return": eval_return, "algo": cfg.algo}
+
     try:
-        for iterations, warmup in chunks:
-            t0 = time.perf_counter()
-            ts, metrics = loops.run_chunk_jit(loop, ts, iterations, warmup)
-            metrics = _to_python(jax.device_get(metrics))
-            elapsed = time.perf_counter() - t0
-            if first_chunk_s is None:
-                first_chunk_s = time.perf_counter() - t_start
-            steps = iterations * cfg.num_envs
-            new_updates = int(metrics["charts/updates"]) - updates
-            env_steps += steps
-            updates += new_updates
-            metrics["perf/env_steps_per_s"] = steps / elapsed
-            metrics["perf/updates_per_s"] = new_updates / elapsed
-            metrics["perf/wall_s"] = time.perf_counter() - t_start
-            metrics["charts/warmup"] = float(warmup)
-            history.append({"env_steps": env_steps, **metrics})
-            logger.log(env_steps, metrics)
-            bar.update(steps)
-            bar.set_postfix({
-                "eval": f"{metrics['eval/return_mean']:.1f}",
-                "sps": f"{metrics['perf/env_steps_per_s']:.0f}",
-                "ups": f"{metrics['perf/updates_per_s']:.0f}",
-                "alpha": f"{metrics.get('charts/alpha', float('nan')):.3f}",
-            })
+        with _SignalGuard() as guard:
+            for index, (iterations, mode) in enumerate(chunks):
+                t0 = time.perf_counter()
+                ts, metrics = loops.run_chunk_jit(loop, ts, iterations, mode)
+                metrics = _to_python(jax.device_get(metrics))
+                elapsed = time.perf_counter() - t0
+                if first_chunk_s is None:
+                    first_chunk_s = time.perf_counter() - t_start
+                    metrics["perf/time_to_first_chunk_s"] = first_chunk_s
+                steps = iterations * cfg.num_envs
+                new_updates = int(metrics["charts/updates"]) - updates
+                env_steps += steps
+                updates += new_updates
+                metrics["perf/env_steps_per_s"] = steps / elapsed
+                metrics["perf/updates_per_s"] = new_updates / elapsed
+                metrics["perf/wall_s"] = time.perf_counter() - t_start
+                metrics["charts/warmup"] = float(mode != "train")
+                bad = _first_non_finite(metrics)
+                if bad is not None:
+                    logger.jsonl.write(json.dumps({"env_steps": env_steps, **metrics}) + "\n")
+                    where = f"last good checkpoint: step {last_saved}" if last_saved else \
+                        "no checkpoint of this session"
+                    raise TrainingDiverged(
+                        f"non-finite {bad} at env step {env_steps} (update {updates}); "
+                        f"training stopped, {where}")
+                history.append({"env_steps": env_steps, **metrics})
+                logger.log(env_steps, metrics)
+                bar.update(steps)
+                bar.set_postfix({
+                    "eval": f"{metrics['eval/return_mean']:.1f}",
+                    "sps": f"{metrics['perf/env_steps_per_s']:.0f}",
+                    "ups": f"{metrics['perf/updates_per_s']:.0f}",
+                    "alpha": f"{metrics.get('charts/alpha') or float('nan'):.3f}",
+                })
+                eval_return = metrics["eval/return_mean"]
+                if mode == "train" and eval_return is not None and eval_return > best_eval:
+                    best_eval = eval_return
+                    checkpointer.save_best(ts, meta(eval_return))
+                last_chunk = index == len(chunks) - 1
+                crossed = env_steps // cfg.save_every > (env_steps - steps) // cfg.save_every
+                if last_chunk or crossed or guard.received is not None:
+                    last_saved = checkpointer.save(ts, meta(eval_return), cfg.save_buffer)
+                if guard.received is not None:
+                    raise Interrupted(f"interrupted at env step {env_steps}; resumable "
+                                      f"checkpoint saved: python train.py --resume {run_dir}")
     finally:
         bar.close()
         logger.close()
+        checkpointer.close()
     final_eval = history[-1]["eval/return_mean"]
-    from protosac_jax import checkpoint
-
-    checkpoint.save_final(run_dir, loop, ts, {
+    (run_dir / "summary.json").write_text(json.dumps({
         "env_steps": env_steps, "updates": updates, "final_eval": final_eval,
-        "wall_s": time.perf_counter() - t_start, "time_to_first_chunk_s": first_chunk_s,
-    })
+        "best_eval": best_eval, "wall_s": time.perf_counter() - t_start,
+        "time_to_first_chunk_s": first_chunk_s}, indent=2))
     if loop.is_proto:
-        try:
-            from protosac_jax import render
+        from protosac_jax import render
 
+        try:
             render.save_prototype_grid(run_dir / "prototypes.png", loop, ts)
         except render.RenderUnavailable as err:  # an env we cannot draw yet
             if not quiet:

@@ -117,9 +117,9 @@ def test_real_short_run_writes_a_loadable_run_directory(tmp_path):
                    "--projection-every", "400", "--out", str(out), "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "final eval return" in proc.stdout
-    for name in ("config.json", "metrics.jsonl", "final/params.msgpack",
-                 "final/provenance.npz", "final/meta.json", "prototypes.png"):
-        assert (out / name).is_file(), name
+    for name in ("config.json", "metrics.jsonl", "summary.json", "ckpt/latest/1500/meta/metadata",
+                 "ckpt/latest/1500/learner", "ckpt/latest/1500/buffer", "prototypes.png"):
+        assert (out / name).exists(), name
     assert any(p.name.startswith("events.out.tfevents") for p in out.iterdir())
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [d["env_steps"] for d in lines] == [500, 1000, 1500]

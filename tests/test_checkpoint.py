@@ -1,0 +1,209 @@
+"""Orbax checkpoints: exact resume, fallbacks, bad input, load API, NaN guard, signals."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import protosac_jax
+from protosac_jax import checkpoint
+from protosac_jax import config as config_lib
+from protosac_jax.checkpoint import CheckpointError
+from protosac_jax.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMALL = dict(total_steps=1000, learning_starts=500, eval_every=250, eval_episodes=2,
+             buffer_size=5000, log_tensorboard=False)
+
+
+def small_cfg(**kw):
+    base = config_lib.preset("pendulum")
+    cfg = dataclasses.replace(base, **{**SMALL, **kw})
+    return dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, hidden_sizes=(32, 32),
+                                                            batch_size=64),
+                               proto=dataclasses.replace(cfg.proto, num_prototypes=8,
+                                                         latent_dim=8, projection_every=200))
+
+
+def leaves_equal(a, b):
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y))
+                                      for x, y in zip(la, lb))
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_resume_is_bitwise_identical_to_one_go(tmp_path, baseline):
+    one_go = protosac_jax.train(small_cfg(baseline=baseline, total_steps=1500),
+                                out=tmp_path / "one", progress=False, quiet=True)
+    half = protosac_jax.train(small_cfg(baseline=baseline), out=tmp_path / "two",
+                              progress=False, quiet=True)
+    assert int(half.state.env_steps) == 1000
+    resumed = protosac_jax.resume(tmp_path / "two", progress=False, quiet=True,
+                                  total_steps=1500)
+    for field in ("learner", "buffer", "provenance", "obs", "env_state", "rng", "noise"):
+        assert leaves_equal(getattr(one_go.state, field), getattr(resumed.state, field)), field
+    assert one_go.final_eval == resumed.final_eval
+    # the metrics log continues where it stopped
+    steps = [json.loads(x)["env_steps"] for x in
+             (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [500, 750, 1000, 1250, 1500]
+
+
+def test_resume_without_saved_buffer_refills_first(tmp_path, capsys):
+    protosac_jax.train(small_cfg(save_buffer=False), out=tmp_path / "r", progress=False,
+                       quiet=True)
+    meta = json.loads((tmp_path / "r/ckpt/latest/1000/meta/metadata").read_text())
+    assert meta["buffer_saved"] is False
+    assert not (tmp_path / "r/ckpt/latest/1000/buffer").exists()
+    result = protosac_jax.resume(tmp_path / "r", progress=False, total_steps=1500)
+    assert "refilling 500 env steps" in capsys.readouterr().err
+    # refill (500, no updates) then 500 training steps
+    assert int(result.state.env_steps) == 2000
+    assert result.history[0]["charts/warmup"] == 1.0
+    assert int(result.state.buffer.size) == 1000
+
+
+def test_load_agent_acts_explains_and_baseline_refuses_explain(tmp_path):
+    protosac_jax.train(small_cfg(), out=tmp_path / "p", progress=False, quiet=True)
+    agent = protosac_jax.load(tmp_path / "p")
+    assert agent.meta["env_steps"] == 1000 and agent.config.proto.num_prototypes == 8
+    obs = np.array([1.0, 0.0, 0.5], np.float32)
+    assert agent.act(obs).shape == (1,) and agent.act(np.stack([obs] * 3)).shape == (3, 1)
+    ex = agent.explain(obs)
+    assert ex["weights"].shape == (8,) and ex["top_k"].shape == (3,)
+    assert (agent.prototypes["buffer_index"] >= 0).all()
+    # a step directory and the best checkpoint load too
+    step_dir = tmp_path / "p/ckpt/latest/1000"
+    assert np.allclose(protosac_jax.load(step_dir).act(obs), agent.act(obs))
+    assert protosac_jax.load(tmp_path / "p", best=True).meta["eval_return"] is not None
+
+    protosac_jax.train(small_cfg(baseline=True), out=tmp_path / "b", progress=False, quiet=True)
+    baseline = protosac_jax.load(tmp_path / "b")
+    assert baseline.act(obs).shape == (1,) and baseline.prototypes is None
+    with pytest.raises(ValueError, match="baseline"):
+        baseline.explain(obs)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    protosac_jax.train(small_cfg(save_every=250), out=out, progress=False, quiet=True)
+    return out
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupted_latest_falls_back_to_previous_step(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path / "r")
+    for f in (run / "ckpt/latest/1000/learner").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="resuming from step 750"):
+        result = protosac_jax.resume(run, progress=False, quiet=True, total_steps=1250)
+    assert int(result.state.env_steps) == 1250
+
+
+def test_interrupted_save_leaves_no_unrestorable_latest(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path / "r")
+    # what an interrupted Orbax save leaves: a temporary directory, never a step directory
+    junk = run / "ckpt/latest/5000.orbax-checkpoint-tmp-1234"
+    junk.mkdir()
+    (junk / "learner").mkdir()
+    ts, meta = checkpoint.restore_train_state(run, protosac_jax.trainer.make_loop(
+        checkpoint.read_config(run)))
+    assert meta["env_steps"] == 1000
+
+
+def test_unknown_format_version_fails_clearly(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path / "r")
+    for step_dir in (run / "ckpt/latest").iterdir():
+        meta_file = step_dir / "meta/metadata"
+        meta = json.loads(meta_file.read_text())
+        meta_file.write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(CheckpointError, match="format 99"):
+        protosac_jax.load(run)
+
+
+def test_resume_refuses_shape_changes_and_finished_runs(finished_run):
+    with pytest.raises(ConfigError, match="num_prototypes|cannot change"):
+        protosac_jax.resume(finished_run, num_prototypes=4)
+    with pytest.raises(ConfigError, match="already has 1000"):
+        protosac_jax.resume(finished_run, total_steps=1000)
+
+
+def run_cli(*args, cwd=ROOT, **popen):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def _snapshot(path):
+    return {p: p.stat().st_mtime_ns for p in Path(path).rglob("*")}
+
+
+@pytest.mark.parametrize("case", ["missing", "not_a_run", "shape_flag", "all_corrupt",
+                                  "done"])
+def test_resume_bad_input_cli(finished_run, tmp_path, case):
+    run = _copy(finished_run, tmp_path / "r")
+    args = {"missing": ["--resume", str(tmp_path / "nope")],
+            "not_a_run": ["--resume", str(tmp_path)],
+            "shape_flag": ["--resume", str(run), "--num-prototypes", "4"],
+            "all_corrupt": ["--resume", str(run), "--total-steps", "2000"],
+            "done": ["--resume", str(run)]}[case]
+    if case == "all_corrupt":
+        for f in (run / "ckpt/latest").rglob("*"):
+            if f.is_file() and f.parent.name == "d":
+                f.write_bytes(b"garbage")
+    before = _snapshot(run)
+    proc = run_cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = [x for x in proc.stderr.strip().splitlines() if "Warning" not in x]
+    assert len(lines) == 1 and lines[0].startswith("train.py: error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _snapshot(run) == before
+
+
+def test_nan_guard_stops_with_clear_message(tmp_path):
+    out = tmp_path / "nan"
+    proc = run_cli("--total-steps", "3000", "--lr", "1e12", "--out", str(out), "--no-progress",
+                   "--hidden", "32,32")
+    assert proc.returncode == 1
+    assert "non-finite" in proc.stderr and "env step" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (out / "ckpt/latest").exists() or not any((out / "ckpt/latest").iterdir())
+
+
+def test_sigint_saves_a_resumable_checkpoint(tmp_path):
+    out = tmp_path / "sig"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "--total-steps", "400000", "--eval-every",
+         "500", "--hidden", "32,32", "--out", str(out), "--no-progress"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists()
+                                      or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "resumable checkpoint saved" in stderr and "Traceback" not in stderr
+    steps = sorted(int(p.name) for p in (out / "ckpt/latest").iterdir())
+    assert steps and steps[-1] < 400000
+    agent = protosac_jax.load(out)
+    assert agent.meta["env_steps"] == steps[-1]
