@@ -207,3 +207,28 @@ def test_sigint_saves_a_resumable_checkpoint(tmp_path):
     assert steps and steps[-1] < 400000
     agent = protosac_jax.load(out)
     assert agent.meta["env_steps"] == steps[-1]
+
+
+def test_checkpoint_from_a_two_device_process_loads_with_one_device(tmp_path):
+    """Written where 2 (forced CPU) devices exist, loaded here with 1: same actions.
+    (Training is single-device until issue #4's sharding; this pins the load path.)"""
+    out = tmp_path / "two"
+    script = (
+        "import dataclasses, jax, numpy as np, protosac_jax\n"
+        "from protosac_jax import config as C\n"
+        "assert jax.device_count() == 2\n"
+        "cfg = dataclasses.replace(C.preset('pendulum'), total_steps=1000, learning_starts=500,"
+        " eval_every=500, eval_episodes=2, log_tensorboard=False)\n"
+        f"protosac_jax.train(cfg, out={str(out)!r}, progress=False, quiet=True)\n"
+        f"a = protosac_jax.load({str(out)!r})\n"
+        "obs = np.linspace(-1, 1, 30, dtype=np.float32).reshape(10, 3)\n"
+        f"np.save({str(tmp_path / 'actions.npy')!r}, a.act(obs))\n")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert jax.device_count() == 1
+    obs = np.linspace(-1, 1, 30, dtype=np.float32).reshape(10, 3)
+    np.testing.assert_array_equal(protosac_jax.load(out).act(obs),
+                                  np.load(tmp_path / "actions.npy"))
