@@ -33,9 +33,13 @@ class Agent:
         return isinstance(self.actor, ProtoActor)
 
     def _batch(self, obs):
+        """(network input batch, was a single obs): adds the batch axis, normalises."""
+        from protosac_jax.sac import prepare_obs
+
         obs = jnp.asarray(obs, jnp.float32)
         single = obs.ndim == len(self.spec.obs_shape)
-        return (obs[None] if single else obs), single
+        batch = obs[None] if single else obs
+        return prepare_obs(self.learner, batch, self.config.sac), single
 
     def act(self, obs, deterministic: bool = True, seed: int = 0) -> np.ndarray:
         """Env-scaled action(s) for one obs or a batch."""

@@ -62,8 +62,21 @@ def _quiet_closed_event_loop(unraisable):
 
 
 def _loop_part(ts) -> dict[str, Any]:
-    return {"env_state": ts.env_state, "obs": ts.obs, "noise": ts.noise,
-            "episode_return": ts.episode_return, "rng": ts.rng, "env_steps": ts.env_steps}
+    # Orbax cannot save zero-size arrays (MJX data has some, e.g. `act` of a model without
+    # activation states): keep the non-empty leaves, keyed by position; `_loop_unpack` puts
+    # zero-size arrays back from the template.
+    leaves = jax.tree_util.tree_leaves(ts.env_state)
+    return {"env_state": {str(i): x for i, x in enumerate(leaves) if np.size(x) > 0},
+            "obs": ts.obs, "noise": ts.noise, "episode_return": ts.episode_return,
+            "rng": ts.rng, "env_steps": ts.env_steps, "random_until": ts.random_until,
+            "updates_start": ts.updates_start}
+
+
+def _loop_unpack(part: dict[str, Any], template) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten(template.env_state)
+    env_leaves = [part["env_state"][str(i)] if str(i) in part["env_state"]
+                  else np.zeros(leaf.shape, leaf.dtype) for i, leaf in enumerate(leaves)]
+    return jax.tree_util.tree_unflatten(treedef, env_leaves)
 
 
 def _abstract(tree):
@@ -186,7 +199,7 @@ def restore_train_state(run_dir: Path, loop, step: int | None = None):
 
     Falls back to older steps, with a warning, when the newest cannot be read.
     """
-    from protosac_jax import loops, replay
+    from protosac_jax import loops
 
     directory = Path(run_dir) / "ckpt" / "latest"
     candidates = _steps(directory)
@@ -214,16 +227,16 @@ def restore_train_state(run_dir: Path, loop, step: int | None = None):
             warnings.warn(f"skipped unreadable checkpoint(s) {', '.join(failures)}; "
                           f"resuming from step {candidate}", stacklevel=2)
         buffer = restored.get("buffer")
-        if buffer is None:
-            buffer = jax.tree_util.tree_map(
-                lambda s: np.zeros(s.shape, s.dtype), template.buffer)
-            buffer = replay.ReplayState(data=buffer.data, insert_position=buffer.insert_position,
-                                        size=buffer.size)
+        if buffer is None:  # not saved: an empty buffer, refilled by the trainer
+            buffer = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
+                                            template.buffer)
         part = restored["loop"]
         ts = loops.TrainState(
-            learner=restored["learner"], buffer=buffer, env_state=part["env_state"],
-            obs=part["obs"], noise=part["noise"], episode_return=part["episode_return"],
-            provenance=restored["provenance"], rng=part["rng"], env_steps=part["env_steps"])
+            learner=restored["learner"], buffer=buffer,
+            env_state=_loop_unpack(part, template), obs=part["obs"], noise=part["noise"],
+            episode_return=part["episode_return"], provenance=restored["provenance"],
+            rng=part["rng"], env_steps=part["env_steps"], random_until=part["random_until"],
+            updates_start=part["updates_start"])
         return ts, restored["meta"]
     raise CheckpointError(f"{run_dir}: no readable checkpoint ({'; '.join(failures)})")
 

@@ -33,6 +33,8 @@ class SACConfig:
     # Squashed-Gaussian log-std bounds of the baseline actor (SB3/brax use [-20, 2]).
     log_std_min: float = -20.0
     log_std_max: float = 2.0
+    # Normalise observations with running mean/std (as brax SAC); stats saved with the learner.
+    normalize_obs: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +145,22 @@ def preset(env: str) -> TrainConfig:
                           gamma=0.99, init_alpha=0.1),
             proto=PrototypeConfig(latent_dim=32, projection_every=5_000),
         )
-    return TrainConfig(env=env)
+    if env == "inverted_pendulum":
+        # Small MJX task: a few envs, high UTD, finishes on a CPU.
+        return TrainConfig(
+            env=env, num_envs=16, total_steps=100_000, learning_starts=5_000,
+            buffer_size=200_000, updates_per_step=0.25, eval_every=10_000, eval_episodes=8,
+            sac=SACConfig(batch_size=256, normalize_obs=True),
+            proto=PrototypeConfig(projection_every=5_000))
+    # MJX locomotion (hopper, humanoid, ...): brax SAC's settings (normalised obs, batch 512,
+    # 1M buffer, 8k warm-up) with fewer updates per env step so thousands of envs stay cheap;
+    # flags override (e.g. --updates-per-step 0.5 for brax's UTD with 128 envs).
+    return TrainConfig(
+        env=env, num_envs=128, total_steps=1_000_000, learning_starts=8_192,
+        buffer_size=1_000_000, updates_per_step=0.125, eval_every=32_768, eval_episodes=8,
+        save_every=200_000,
+        sac=SACConfig(batch_size=512, normalize_obs=True),
+        proto=PrototypeConfig(projection_every=5_000))
 
 
 # Fields that may differ when resuming a run (nothing else may: it would change the model or

@@ -9,6 +9,7 @@ with a deterministic evaluation, all in one compiled call; the host only logs be
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -34,6 +35,8 @@ class TrainState:
     provenance: Provenance  # prototype origins (all -1 for the baseline)
     rng: jax.Array
     env_steps: jax.Array  # int32, summed over envs
+    random_until: jax.Array  # int32: env steps below this act uniformly at random (warm-up)
+    updates_start: jax.Array  # int32: gradient updates begin once env_steps exceeds this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +89,8 @@ def init_state(loop: Loop, key) -> TrainState:
         provenance=Provenance.empty(cfg.proto.num_prototypes, obs[0], render),
         rng=rng,
         env_steps=jnp.zeros((), jnp.int32),
+        random_until=jnp.asarray(cfg.learning_starts, jnp.int32),
+        updates_start=jnp.asarray(cfg.learning_starts, jnp.int32),
     )
 
 
@@ -95,20 +100,21 @@ def correlated_noise(noise, key, rho: float):
     return rho * noise + math.sqrt(1.0 - rho * rho) * fresh
 
 
-def env_step(loop: Loop, ts: TrainState, random_actions: bool):
+def env_step(loop: Loop, ts: TrainState):
     """Every env takes one step; the transitions are inserted into the buffer.
 
+    Actions are uniformly random while env_steps < random_until (warm-up), else the policy's.
     Returns the new state and (sum of returns of episodes that ended, number that ended).
     """
     cfg = loop.cfg
     rng, noise_key, act_key, step_key = jax.random.split(ts.rng, 4)
     noise = correlated_noise(ts.noise, noise_key, cfg.noise_correlation)
-    if random_actions:
-        # erf(eps / sqrt 2) = 2 Phi(eps) - 1 turns N(0,1) noise into U(-1, 1) actions, keeping
-        # the noise's temporal correlation (plain uniform warm-up when rho = 0).
-        actions = jax.scipy.special.erf(noise / math.sqrt(2.0))
-    else:
-        actions = loop.actor.act(ts.learner.actor_params, ts.obs, noise, act_key)
+    # erf(eps / sqrt 2) = 2 Phi(eps) - 1 turns N(0,1) noise into U(-1, 1) actions, keeping the
+    # noise's temporal correlation (plain uniform warm-up when rho = 0).
+    random_actions = jax.scipy.special.erf(noise / math.sqrt(2.0))
+    obs = sac.prepare_obs(ts.learner, ts.obs, cfg.sac)
+    policy_actions = loop.actor.act(ts.learner.actor_params, obs, noise, act_key)
+    actions = jnp.where(ts.env_steps < ts.random_until, random_actions, policy_actions)
     render = jax.vmap(loop.env.render_state)(ts.env_state)
     result = jax.vmap(loop.env.step)(jax.random.split(step_key, cfg.num_envs), ts.env_state,
                                      actions)
@@ -118,7 +124,11 @@ def env_step(loop: Loop, ts: TrainState, random_actions: bool):
     done = jnp.logical_or(result.terminated, result.truncated)
     episode_return = ts.episode_return + result.reward
     finished = (jnp.sum(jnp.where(done, episode_return, 0.0)), jnp.sum(done))
+    learner = ts.learner
+    if cfg.sac.normalize_obs:
+        learner = learner.replace(obs_norm=learner.obs_norm.update(result.final_obs))
     ts = ts.replace(
+        learner=learner,
         buffer=replay.insert(ts.buffer, transition),
         env_state=result.env_state,
         obs=result.obs,
@@ -142,32 +152,47 @@ def maybe_project(loop: Loop, ts: TrainState, updates_before) -> TrainState:
         params, provenance = project_prototypes(
             loop.actor, ts.learner.actor_params, ts.buffer.data.obs,
             ts.buffer.data.render_state, ts.buffer.size, ts.learner.num_updates,
-            loop.cfg.proto.projection_chunk)
+            loop.cfg.proto.projection_chunk,
+            obs_transform=lambda o: sac.prepare_obs(ts.learner, o, loop.cfg.sac))
         return ts.replace(learner=ts.learner.replace(actor_params=params),
                           provenance=provenance)
 
     return jax.lax.cond(crossed, project, lambda ts: ts, ts)
 
 
-def train_iteration(loop: Loop, ts: TrainState):
-    ts, finished = env_step(loop, ts, random_actions=False)
+def update_step(loop: Loop, ts: TrainState):
+    """`updates_per_iteration` gradient steps, then a projection if one is due."""
     rng, update_key = jax.random.split(ts.rng)
     updates_before = ts.learner.num_updates
     learner, metrics = sac.update_many(
         ts.learner, ts.buffer, update_key, loop.updates_per_iteration, loop.actor, loop.cfg.sac,
         loop.spec.action_dim)
-    ts = maybe_project(loop, ts.replace(learner=learner, rng=rng), updates_before)
-    return ts, (finished, metrics)
+    return maybe_project(loop, ts.replace(learner=learner, rng=rng), updates_before), metrics
 
 
-def evaluate(loop: Loop, actor_params, key, num_episodes: int):
+def iteration(loop: Loop, ts: TrainState, _=None):
+    """One env step of every env, then updates once env_steps > updates_start."""
+    ts, finished = env_step(loop, ts)
+    updating = ts.env_steps > ts.updates_start
+    metric_shapes = jax.eval_shape(lambda: update_step(loop, ts)[1])
+
+    def skip(ts):
+        return ts, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+
+    ts, metrics = jax.lax.cond(updating, lambda ts: update_step(loop, ts), skip, ts)
+    return ts, (finished, metrics, updating)
+
+
+def evaluate(loop: Loop, learner: sac.SACState, key, num_episodes: int):
     """Deterministic returns of `num_episodes` full episodes, run in parallel."""
+    actor_params = learner.actor_params
     env = loop.env
     env_state, obs = jax.vmap(env.reset)(jax.random.split(key, num_episodes))
 
     def step(carry, step_key):
         env_state, obs, total, alive = carry
-        actions = loop.actor.deterministic(actor_params, obs)
+        actions = loop.actor.deterministic(actor_params,
+                                           sac.prepare_obs(learner, obs, loop.cfg.sac))
         result = jax.vmap(env.step)(jax.random.split(step_key, num_episodes), env_state, actions)
         total = total + alive * result.reward
         alive = alive * (1.0 - jnp.logical_or(result.terminated, result.truncated))
@@ -179,24 +204,19 @@ def evaluate(loop: Loop, actor_params, key, num_episodes: int):
     return total
 
 
-def run_chunk(loop: Loop, ts: TrainState, num_iterations: int, mode: str):
-    """`num_iterations` iterations, then an evaluation. Modes: "random" (warm-up: random
-    actions, no updates), "collect" (policy actions, no updates: refilling a buffer after a
-    resume without one), "train". Jit with `loop`, `num_iterations` and `mode` static.
-    """
-    if mode in ("random", "collect"):
-        def body(ts, _):
-            ts, finished = env_step(loop, ts, random_actions=mode == "random")
-            return ts, (finished, {})
-    else:
-        def body(ts, _):
-            return train_iteration(loop, ts)
-
-    ts, (finished, metrics) = jax.lax.scan(body, ts, None, length=num_iterations)
+def run_chunk(loop: Loop, ts: TrainState, num_iterations: int):
+    """`num_iterations` iterations, then a deterministic evaluation; one compiled program
+    serves warm-up, refill and training (jit with `loop` and `num_iterations` static)."""
+    ts, (finished, metrics, updating) = jax.lax.scan(
+        functools.partial(iteration, loop), ts, None, length=num_iterations)
     rng, eval_key = jax.random.split(ts.rng)
     ts = ts.replace(rng=rng)
-    returns = evaluate(loop, ts.learner.actor_params, eval_key, loop.cfg.eval_episodes)
-    out = {k: jnp.mean(v) for k, v in metrics.items()}
+    returns = evaluate(loop, ts.learner, eval_key, loop.cfg.eval_episodes)
+    num_updating = jnp.sum(updating)
+    # loss metrics averaged over the iterations that updated (NaN -> null if none did)
+    out = {k: jnp.where(num_updating > 0, jnp.sum(v * updating) / jnp.maximum(num_updating, 1),
+                        jnp.nan) for k, v in metrics.items()}
+    out["charts/warmup"] = (num_iterations - num_updating) / num_iterations
     return_sum, count = jnp.sum(finished[0]), jnp.sum(finished[1])
     out["charts/episodic_return"] = jnp.where(count > 0, return_sum / jnp.maximum(count, 1),
                                               jnp.nan)
@@ -215,27 +235,23 @@ def run_chunk(loop: Loop, ts: TrainState, num_iterations: int, mode: str):
     return ts, out
 
 
-run_chunk_jit = jax.jit(run_chunk, static_argnums=(0, 2, 3), donate_argnums=(1,))
+run_chunk_jit = jax.jit(run_chunk, static_argnums=(0, 2), donate_argnums=(1,))
 init_state_jit = jax.jit(init_state, static_argnums=(0,))
 
 
-def schedule(cfg: TrainConfig, done_iterations: int = 0) -> list[tuple[int, str]]:
-    """Chunks (iterations, mode) still to run after `done_iterations`: a random warm-up chunk,
-    then eval-sized training chunks aligned to the end of the warm-up, so a resumed run
-    (which always stops at a chunk boundary) replays exactly the chunks of an uninterrupted one.
+def chunk_iterations(cfg: TrainConfig) -> int:
+    """Iterations per chunk: one evaluation every `eval_every` env steps."""
+    return max(1, cfg.eval_every // cfg.num_envs)
 
-    Total env steps are rounded up to whole iterations of `num_envs` steps.
+
+def schedule(cfg: TrainConfig, done_iterations: int = 0) -> list[int]:
+    """Sizes of the chunks still to run after `done_iterations`.
+
+    Every chunk has the same size, so one compiled program serves the whole run (warm-up
+    included) and a resumed run replays exactly the chunks of an uninterrupted one. The total
+    is rounded up to whole chunks: `total_steps` is a floor.
     """
+    chunk = chunk_iterations(cfg)
     total_iters = max(1, math.ceil(cfg.total_steps / cfg.num_envs))
-    warmup_iters = min(total_iters, math.ceil(cfg.learning_starts / cfg.num_envs))
-    chunk = max(1, cfg.eval_every // cfg.num_envs)
-    chunks: list[tuple[int, str]] = []
-    position = done_iterations
-    if position < warmup_iters:
-        chunks.append((warmup_iters - position, "random"))
-        position = warmup_iters
-    while position < total_iters:
-        size = min(chunk - (position - warmup_iters) % chunk, total_iters - position)
-        chunks.append((size, "train"))
-        position += size
-    return chunks
+    remaining = max(0, math.ceil(total_iters / chunk) * chunk - done_iterations)
+    return [chunk] * math.ceil(remaining / chunk)

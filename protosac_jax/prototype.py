@@ -266,13 +266,15 @@ class Provenance:
         )
 
 
-def nearest_buffer_states(actor: ProtoActor, params, buffer_obs, size, chunk: int):
+def nearest_buffer_states(actor: ProtoActor, params, buffer_obs, size, chunk: int,
+                          obs_transform=None):
     """Index of the buffer row whose encoding is nearest to each prototype.
 
     Encodes the buffer in blocks of `chunk` rows (memory stays O(chunk * K)); rows >= size are
     ignored. The last block starts at capacity - chunk and may overlap the previous one: a
     running minimum does not mind seeing a row twice.
     """
+    transform = obs_transform or (lambda o: o)
     capacity = buffer_obs.shape[0]
     chunk = min(chunk, capacity)
     starts = jnp.minimum(jnp.arange(0, capacity, chunk), capacity - chunk)
@@ -281,7 +283,7 @@ def nearest_buffer_states(actor: ProtoActor, params, buffer_obs, size, chunk: in
 
     def block(carry, start):
         best_d, best_i = carry
-        rows = jax.lax.dynamic_slice_in_dim(buffer_obs, start, chunk, axis=0)
+        rows = transform(jax.lax.dynamic_slice_in_dim(buffer_obs, start, chunk, axis=0))
         d = squared_distances(actor.encode(params, rows), prototypes)  # [chunk, K]
         index = start + jnp.arange(chunk)
         d = jnp.where((index < size)[:, None], d, jnp.inf)
@@ -297,11 +299,16 @@ def nearest_buffer_states(actor: ProtoActor, params, buffer_obs, size, chunk: in
 
 
 def project_prototypes(actor: ProtoActor, params, buffer_obs, buffer_render, size,
-                       update_step, chunk: int = 4096) -> tuple[Any, Provenance]:
-    """Replace every prototype by the encoding of its nearest buffer state."""
-    index = nearest_buffer_states(actor, params, buffer_obs, size, chunk)
+                       update_step, chunk: int = 4096,
+                       obs_transform=None) -> tuple[Any, Provenance]:
+    """Replace every prototype by the encoding of its nearest buffer state.
+
+    `obs_transform` maps raw buffer obs to what the encoder sees (obs normalisation); the
+    provenance keeps the raw obs.
+    """
+    index = nearest_buffer_states(actor, params, buffer_obs, size, chunk, obs_transform)
     obs = buffer_obs[index]
-    new_prototypes = actor.encode(params, obs)
+    new_prototypes = actor.encode(params, (obs_transform or (lambda o: o))(obs))
     old = params["params"]["prototypes"]
     inner = dict(params["params"])
     inner["prototypes"] = new_prototypes

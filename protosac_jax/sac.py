@@ -27,6 +27,42 @@ from protosac_jax.networks import TwinCritic
 
 
 @flax.struct.dataclass
+class ObsNormalizer:
+    """Running mean/variance of observations (Chan et al.'s parallel update), as brax SAC.
+
+    Saved with the learner: the policy needs it at inference.
+    """
+
+    mean: jax.Array
+    var: jax.Array
+    count: jax.Array  # float32 number of observations seen
+
+    @classmethod
+    def create(cls, obs_shape) -> "ObsNormalizer":
+        return cls(mean=jnp.zeros(obs_shape, jnp.float32), var=jnp.ones(obs_shape, jnp.float32),
+                   count=jnp.zeros((), jnp.float32))
+
+    def update(self, batch) -> "ObsNormalizer":
+        batch = batch.astype(jnp.float32)
+        n = jnp.asarray(batch.shape[0], jnp.float32)
+        batch_mean = jnp.mean(batch, axis=0)
+        batch_var = jnp.var(batch, axis=0)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        mean = self.mean + delta * n / total
+        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
+        return ObsNormalizer(mean=mean, var=m2 / total, count=total)
+
+    def normalize(self, obs):
+        return (obs - self.mean) / jnp.sqrt(self.var + 1e-8)
+
+
+def prepare_obs(state: "SACState", obs, cfg: SACConfig):
+    """What the networks see: normalised obs when `cfg.normalize_obs`, else obs unchanged."""
+    return state.obs_norm.normalize(obs) if cfg.normalize_obs else obs
+
+
+@flax.struct.dataclass
 class SACState:
     actor_params: Any
     critic_params: Any
@@ -36,6 +72,7 @@ class SACState:
     critic_opt_state: Any
     alpha_opt_state: Any
     num_updates: jax.Array  # int32 gradient updates done
+    obs_norm: ObsNormalizer  # identity unless cfg.normalize_obs
 
 
 def make_critic(cfg: SACConfig) -> TwinCritic:
@@ -67,6 +104,7 @@ def init(key, actor, cfg: SACConfig, obs_example, action_dim: int) -> SACState:
         critic_opt_state=critic_opt.init(critic_params),
         alpha_opt_state=alpha_opt.init(log_alpha),
         num_updates=jnp.zeros((), jnp.int32),
+        obs_norm=ObsNormalizer.create(jnp.shape(obs_example)),
     )
 
 
@@ -110,6 +148,9 @@ def update(state: SACState, batch: replay.Transition, key, actor, cfg: SACConfig
     """One gradient step on critic, actor and temperature, then Polyak targets."""
     actor_opt, critic_opt, alpha_opt = _optimizers(cfg)
     critic_key, actor_key = jax.random.split(key)
+    if cfg.normalize_obs:
+        batch = batch.replace(obs=prepare_obs(state, batch.obs, cfg),
+                              next_obs=prepare_obs(state, batch.next_obs, cfg))
 
     critic_grads, critic_metrics = jax.grad(critic_loss, has_aux=True)(
         state.critic_params, state, batch, critic_key, actor, cfg)
@@ -128,7 +169,7 @@ def update(state: SACState, batch: replay.Transition, key, actor, cfg: SACConfig
 
     target_critic_params = optax.incremental_update(
         critic_params, state.target_critic_params, cfg.tau)
-    new_state = SACState(
+    new_state = state.replace(
         actor_params=actor_params,
         critic_params=critic_params,
         target_critic_params=target_critic_params,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from protosac_jax import config as config_lib
@@ -164,6 +165,8 @@ def _progress(total: int, initial: int, enabled: bool):
 def _first_non_finite(metrics: dict[str, Any]) -> str | None:
     if metrics.get("health/params_finite") == 0.0:
         return "parameters"
+    if metrics.get("charts/warmup") == 1.0:  # no updates in this chunk: no losses to check
+        return None
     for key, value in metrics.items():
         if key.startswith("losses/") and (value is None or not math.isfinite(value)):
             return key
@@ -228,17 +231,16 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
     chunks = loops.schedule(cfg, done_iterations=start_steps // cfg.num_envs)
     if refill:
         # Resumed without a saved buffer: collect with the current policy before updating.
-        refill_iters = max(1, math.ceil(min(cfg.learning_starts, cfg.buffer_size)
-                                        / cfg.num_envs))
-        chunks = [(refill_iters, "collect")] + chunks
+        refill_steps = max(cfg.num_envs, min(cfg.learning_starts, cfg.buffer_size))
+        ts = ts.replace(updates_start=jnp.asarray(start_steps + refill_steps, jnp.int32))
         if not quiet:
-            print(f"resume: the buffer was not saved; refilling {refill_iters * cfg.num_envs} "
-                  "env steps with the current policy before updating", file=sys.stderr)
+            print(f"resume: the buffer was not saved; refilling {refill_steps} env steps with "
+                  "the current policy before updating", file=sys.stderr)
     logger = _Logger(run_dir, cfg.log_tensorboard)
     checkpointer = checkpoint.Checkpointer(run_dir, keep=cfg.keep_checkpoints)
     history: list[dict[str, Any]] = []
     t_start = time.perf_counter()
-    total = start_steps + sum(n for n, _ in chunks) * cfg.num_envs
+    total = start_steps + sum(chunks) * cfg.num_envs
     bar = _progress(total, start_steps, progress)
     env_steps, updates = start_steps, int(ts.learner.num_updates)
     best_eval = -math.inf
@@ -252,10 +254,15 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
 
     try:
         with _SignalGuard() as guard:
-            for index, (iterations, mode) in enumerate(chunks):
+            for index, iterations in enumerate(chunks):
                 t0 = time.perf_counter()
-                ts, metrics = loops.run_chunk_jit(loop, ts, iterations, mode)
+                ts, metrics = loops.run_chunk_jit(loop, ts, iterations)
                 metrics = _to_python(jax.device_get(metrics))
+                if metrics["charts/warmup"] == 1.0:  # no update ran: drop the empty averages
+                    metrics = {k: v for k, v in metrics.items() if v is not None
+                               or not k.startswith(("losses/", "charts/alpha", "charts/entropy",
+                                                    "proto/orthogonality", "proto/weight_",
+                                                    "proto/usage", "proto/proximity"))}
                 elapsed = time.perf_counter() - t0
                 if first_chunk_s is None:
                     first_chunk_s = time.perf_counter() - t_start
@@ -267,7 +274,6 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                 metrics["perf/env_steps_per_s"] = steps / elapsed
                 metrics["perf/updates_per_s"] = new_updates / elapsed
                 metrics["perf/wall_s"] = time.perf_counter() - t_start
-                metrics["charts/warmup"] = float(mode != "train")
                 bad = _first_non_finite(metrics)
                 if bad is not None:
                     logger.jsonl.write(json.dumps({"env_steps": env_steps, **metrics}) + "\n")
@@ -286,7 +292,8 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                     "alpha": f"{metrics.get('charts/alpha') or float('nan'):.3f}",
                 })
                 eval_return = metrics["eval/return_mean"]
-                if mode == "train" and eval_return is not None and eval_return > best_eval:
+                trained = metrics["charts/warmup"] < 1.0
+                if trained and eval_return is not None and eval_return > best_eval:
                     best_eval = eval_return
                     checkpointer.save_best(ts, meta(eval_return))
                 last_chunk = index == len(chunks) - 1

@@ -55,7 +55,7 @@ def test_resume_is_bitwise_identical_to_one_go(tmp_path, baseline):
     # the metrics log continues where it stopped
     steps = [json.loads(x)["env_steps"] for x in
              (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [500, 750, 1000, 1250, 1500]
+    assert steps == [250, 500, 750, 1000, 1250, 1500]
 
 
 def test_resume_without_saved_buffer_refills_first(tmp_path, capsys):
@@ -64,12 +64,14 @@ def test_resume_without_saved_buffer_refills_first(tmp_path, capsys):
     meta = json.loads((tmp_path / "r/ckpt/latest/1000/meta/metadata").read_text())
     assert meta["buffer_saved"] is False
     assert not (tmp_path / "r/ckpt/latest/1000/buffer").exists()
-    result = protosac_jax.resume(tmp_path / "r", progress=False, total_steps=1500)
+    updates_before = protosac_jax.load(tmp_path / "r").learner.num_updates
+    result = protosac_jax.resume(tmp_path / "r", progress=False, total_steps=2000)
     assert "refilling 500 env steps" in capsys.readouterr().err
-    # refill (500, no updates) then 500 training steps
+    # refill: 500 steps with the policy and no updates, then 500 training steps
     assert int(result.state.env_steps) == 2000
-    assert result.history[0]["charts/warmup"] == 1.0
+    assert [h["charts/warmup"] for h in result.history] == [1.0, 1.0, 0.0, 0.0]
     assert int(result.state.buffer.size) == 1000
+    assert int(result.state.learner.num_updates) == int(updates_before) + 500
 
 
 def test_load_agent_acts_explains_and_baseline_refuses_explain(tmp_path):

@@ -91,7 +91,7 @@ def test_registry_names_indices_and_clear_errors():
     assert envs.resolve_index(0) == "pendulum" and envs.resolve_index(2) == "mountaincar"
     with pytest.raises(EnvError, match="issue #5"):
         envs.resolve_index(1)
-    with pytest.raises(EnvError, match="issue #4"):
-        envs.resolve_name("humanoid")
-    with pytest.raises(EnvError, match="unknown env"):
+    assert envs.resolve_name("humanoid") == "humanoid"
+    assert envs.resolve_name("Hopper") == "hopper"
+    with pytest.raises(EnvError, match="unknown env 'nope'.*inverted_pendulum"):
         envs.resolve_name("nope")

@@ -34,8 +34,8 @@ SUPPORTED = tuple(GYMNAX_ENVS)
 
 def env_help() -> str:
     return ("pendulum (Pendulum-v1, gymnax), mountaincar (MountainCarContinuous-v0, gymnax); "
-            "coming: MJX locomotion (" + ", ".join(MJX_NAMES) + ") and Gymnasium ids ("
-            + ", ".join(GYMNASIUM_IDS) + ")")
+            "MJX locomotion via brax.envs: " + ", ".join(MJX_NAMES) + " (any brax env name); "
+            "coming: Gymnasium ids (" + ", ".join(GYMNASIUM_IDS) + ")")
 
 
 def resolve_name(name: str) -> str:
@@ -44,12 +44,16 @@ def resolve_name(name: str) -> str:
     if canonical is not None:
         return canonical
     if name.lower() in MJX_NAMES:
-        raise EnvError(f"env {name!r} needs the MJX locomotion backend, which is not built yet "
-                       "(issue #4: MJX locomotion at scale)")
+        return name.lower()
     if "-v" in name:
         raise EnvError(f"env {name!r} needs the Gymnasium host backend, which is not built yet "
                        "(issue #5: Gymnasium host envs)")
-    raise EnvError(f"unknown env {name!r}; available: {', '.join(SUPPORTED)}")
+    from protosac_jax.envs.mjx_envs import brax_env_names  # other brax envs pass through
+
+    if name in brax_env_names():
+        return name
+    raise EnvError(f"unknown env {name!r}; available: {', '.join(SUPPORTED)} (gymnax), "
+                   f"{', '.join(brax_env_names())} (MJX)")
 
 
 def resolve_index(index: int) -> str:
@@ -61,7 +65,15 @@ def resolve_index(index: int) -> str:
 def make_env(name: str):
     """The device env for a (possibly aliased) name."""
     canonical = resolve_name(name)
-    return GymnaxEnv(canonical)
+    if canonical in GYMNAX_ENVS:
+        return GymnaxEnv(canonical)
+    from protosac_jax.envs.mjx_envs import MjxEnv
+
+    return MjxEnv(canonical)
+
+
+def is_mjx(name: str) -> bool:
+    return resolve_name(name) not in GYMNAX_ENVS
 
 
 __all__ = ["EnvError", "EnvSpec", "StepResult", "make_env", "resolve_name", "resolve_index",

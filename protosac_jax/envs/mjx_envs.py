@@ -1,0 +1,117 @@
+"""MJX locomotion through `brax.envs` (backend "mjx"): humanoid, hopper, halfcheetah, ...
+
+Same single-env interface as the gymnax backend (the loop vmaps it). Auto-reset follows brax's
+training wrapper: each env keeps the first state of its episode stream and returns to it after
+a terminal or truncated step (cheaper than a fresh MJX reset every step; every env still starts
+from its own random initial state). Time limit = `episode_length` (1000, as brax). brax's
+`done` is a true termination (e.g. the hopper fell); hitting the time limit is a truncation.
+Render state = concat(qpos, qvel): `mj_forward` on a CPU MjData with it redraws the state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import io
+import warnings
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from protosac_jax.envs.base import EnvError, EnvSpec, StepResult
+
+EPISODE_LENGTH = 1000
+
+
+@functools.lru_cache(maxsize=None)
+def _brax_envs():
+    # mujoco.mjx prints "Failed to import warp" on stdout; brax warns it is unmaintained
+    # (we only use brax.envs). Neither is actionable for users.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from brax import envs as brax_envs
+    return brax_envs
+
+
+def brax_env_names() -> tuple[str, ...]:
+    return tuple(sorted(_brax_envs()._envs))
+
+
+@functools.lru_cache(maxsize=None)
+def _make(name: str):
+    brax_envs = _brax_envs()
+    if name not in brax_envs._envs:
+        raise EnvError(f"unknown brax env {name!r}; available: {', '.join(brax_env_names())}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return brax_envs.get_environment(name, backend="mjx")
+
+
+@flax.struct.dataclass
+class MjxState:
+    brax_state: Any  # brax.envs.State of the current episode
+    first_state: Any  # the state episodes of this env restart from
+    time: jax.Array  # steps in the current episode
+
+
+@functools.lru_cache(maxsize=None)
+def _spec(name: str, episode_length: int) -> EnvSpec:
+    env = _make(name)
+    with jax.ensure_compile_time_eval():
+        state = jax.eval_shape(env.reset, jax.random.PRNGKey(0))
+    nq = state.pipeline_state.q.shape[-1]
+    nv = state.pipeline_state.qd.shape[-1]
+    return EnvSpec(
+        name=name, env_id=f"brax-mjx/{name}", backend="mjx",
+        obs_shape=tuple(state.obs.shape), action_dim=int(env.action_size),
+        action_low=(-1.0,) * env.action_size, action_high=(1.0,) * env.action_size,
+        episode_length=episode_length, render_dim=nq + nv)
+
+
+@dataclasses.dataclass(frozen=True)
+class MjxEnv:
+    """A brax MJX env behind the device-env interface (see envs/base.py)."""
+
+    name: str
+    episode_length: int = EPISODE_LENGTH
+
+    @property
+    def spec(self) -> EnvSpec:
+        return _spec(self.name, self.episode_length)
+
+    @property
+    def _env(self):
+        return _make(self.name)
+
+    def render_state(self, env_state: MjxState) -> jax.Array:
+        pipeline = env_state.brax_state.pipeline_state
+        return jnp.concatenate([pipeline.q, pipeline.qd]).astype(jnp.float32)
+
+    def reset(self, key):
+        state = self._env.reset(key)
+        return MjxState(state, state, jnp.zeros((), jnp.int32)), state.obs.astype(jnp.float32)
+
+    def step(self, key, env_state: MjxState, action) -> StepResult:
+        del key  # brax locomotion steps are deterministic
+        # brax actions are in [-1, 1] already (actuator ctrlrange is applied by MJX).
+        stepped = self._env.step(env_state.brax_state, jnp.clip(action, -1.0, 1.0))
+        time = env_state.time + 1
+        terminated = stepped.done > 0.5
+        truncated = jnp.logical_and(time >= self.episode_length, jnp.logical_not(terminated))
+        done = jnp.logical_or(terminated, truncated)
+        first = env_state.first_state
+        next_state = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), first, stepped)
+        return StepResult(
+            env_state=MjxState(next_state, first, jnp.where(done, 0, time)),
+            obs=next_state.obs.astype(jnp.float32),
+            reward=stepped.reward.astype(jnp.float32),
+            terminated=terminated,
+            truncated=truncated,
+            final_obs=stepped.obs.astype(jnp.float32),
+        )
+
+
