@@ -81,6 +81,9 @@ def build_parser() -> OneLineParser:
     a("--keep-checkpoints", type=int, help="resumable checkpoints kept (plus the best)")
     a("--no-save-buffer", action="store_true",
       help="leave the replay buffer out of checkpoints (resume refills it)")
+    a("--distributed", action="store_true",
+      help="multi-host: call jax.distributed.initialize() first (coordinator from the "
+      "environment, e.g. on SLURM/TPU pods); all hosts' devices form one data-parallel mesh")
     a("--no-progress", action="store_true", help="no progress bar")
     a("--no-tensorboard", action="store_true")
     a("--quiet", action="store_true", help="only the final line")
@@ -140,7 +143,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 RESUME_FLAGS = {"resume", "total_steps", "episodes", "save_every", "keep_checkpoints",
-                "no_save_buffer", "no_progress", "quiet", "no_tensorboard"}
+                "no_save_buffer", "no_progress", "quiet", "no_tensorboard", "distributed"}
 
 
 def resume_overrides(args: argparse.Namespace, cfg: TrainConfig) -> dict:
@@ -176,6 +179,10 @@ def main(argv=None) -> int:
 
         args = build_parser().parse_args(argv)
         progress = not (args.no_progress or args.quiet)
+        if args.distributed:
+            import jax
+
+            jax.distributed.initialize()
         if args.resume is not None:
             from protosac_jax.checkpoint import read_config
 

@@ -182,6 +182,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, progress: bool
           quiet: bool = False) -> RunResult:
     """Train a new run; returns its directory, final deterministic eval return and history."""
     config_lib.validate(cfg)
+    from protosac_jax import parallel
+
+    parallel.check_divisible(cfg)
     env = envs.make_env(cfg.env)
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     check_writable_dir(run_dir)
@@ -194,6 +197,22 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, progress: bool
     (run_dir / "config.json").write_text(config_lib.to_json(cfg))
     ts = loops.init_state_jit(loop, jax.random.PRNGKey(cfg.seed))
     return _run(loop, ts, run_dir, progress and not quiet, quiet, refill=False)
+
+
+def _chunk_runner(loop: loops.Loop, ts):
+    """(state placed on the devices, chunk function): sharded over all local devices when
+    there are several (see parallel.py), else the plain jitted chunk."""
+    if jax.device_count() == 1:
+        return ts, loops.run_chunk_jit
+    from protosac_jax import parallel
+
+    mesh = parallel.make_mesh()
+    shardings = parallel.state_shardings(ts, mesh, loop.cfg.num_envs)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    ts = jax.device_put(ts, shardings)
+    jitted = jax.jit(loops.run_chunk, static_argnums=(0, 2), donate_argnums=(1,),
+                     in_shardings=(shardings,), out_shardings=(shardings, replicated))
+    return ts, jitted
 
 
 def resume(run_dir: str | os.PathLike, progress: bool = True, quiet: bool = False,
@@ -211,6 +230,9 @@ def resume(run_dir: str | os.PathLike, progress: bool = True, quiet: bool = Fals
         raise ConfigError(f"--resume keeps the run's config; cannot change {', '.join(bad)}")
     cfg = dataclasses.replace(cfg, **overrides)
     config_lib.validate(cfg)
+    from protosac_jax import parallel
+
+    parallel.check_divisible(cfg)
     enable_compilation_cache()
     loop = make_loop(cfg)
     ts, meta = checkpoint.restore_train_state(run_dir, loop)
@@ -236,6 +258,7 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
         if not quiet:
             print(f"resume: the buffer was not saved; refilling {refill_steps} env steps with "
                   "the current policy before updating", file=sys.stderr)
+    ts, run_chunk = _chunk_runner(loop, ts)
     logger = _Logger(run_dir, cfg.log_tensorboard)
     checkpointer = checkpoint.Checkpointer(run_dir, keep=cfg.keep_checkpoints)
     history: list[dict[str, Any]] = []
@@ -256,7 +279,7 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
         with _SignalGuard() as guard:
             for index, iterations in enumerate(chunks):
                 t0 = time.perf_counter()
-                ts, metrics = loops.run_chunk_jit(loop, ts, iterations)
+                ts, metrics = run_chunk(loop, ts, iterations)
                 metrics = _to_python(jax.device_get(metrics))
                 if metrics["charts/warmup"] == 1.0:  # no update ran: drop the empty averages
                     metrics = {k: v for k, v in metrics.items() if v is not None

@@ -212,14 +212,15 @@ def test_sigint_saves_a_resumable_checkpoint(tmp_path):
 
 
 def test_checkpoint_from_a_two_device_process_loads_with_one_device(tmp_path):
-    """Written where 2 (forced CPU) devices exist, loaded here with 1: same actions.
-    (Training is single-device until issue #4's sharding; this pins the load path.)"""
+    """Trained and saved sharded over 2 (forced CPU) devices, loaded here with 1: same
+    actions."""
     out = tmp_path / "two"
     script = (
         "import dataclasses, jax, numpy as np, protosac_jax\n"
         "from protosac_jax import config as C\n"
         "assert jax.device_count() == 2\n"
-        "cfg = dataclasses.replace(C.preset('pendulum'), total_steps=1000, learning_starts=500,"
+        "cfg = dataclasses.replace(C.preset('pendulum'), num_envs=2, total_steps=1000,"
+        " learning_starts=500,"
         " eval_every=500, eval_episodes=2, log_tensorboard=False)\n"
         f"protosac_jax.train(cfg, out={str(out)!r}, progress=False, quiet=True)\n"
         f"a = protosac_jax.load({str(out)!r})\n"

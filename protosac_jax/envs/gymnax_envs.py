@@ -27,7 +27,8 @@ GYMNAX_ENVS = {
 def _make(env_id: str):
     import gymnax  # imported lazily: only the gymnax backend needs it
 
-    env, params = gymnax.make(env_id)
+    with jax.ensure_compile_time_eval():  # may first run inside a jit trace
+        env, params = gymnax.make(env_id)
     if env_id == "MountainCarContinuous-v0":
         env = _mountain_car_matching_gymnasium()
     return env, params

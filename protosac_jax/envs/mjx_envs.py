@@ -46,7 +46,9 @@ def _make(name: str):
     brax_envs = _brax_envs()
     if name not in brax_envs._envs:
         raise EnvError(f"unknown brax env {name!r}; available: {', '.join(brax_env_names())}")
-    with warnings.catch_warnings():
+    # The env may first be asked for inside a jit trace: build it eagerly, or its model arrays
+    # would be tracers cached here for good.
+    with warnings.catch_warnings(), jax.ensure_compile_time_eval():
         warnings.simplefilter("ignore")
         return brax_envs.get_environment(name, backend="mjx")
 
@@ -100,7 +102,7 @@ class MjxEnv:
         # brax actions are in [-1, 1] already (actuator ctrlrange is applied by MJX).
         stepped = self._env.step(env_state.brax_state, jnp.clip(action, -1.0, 1.0))
         time = env_state.time + 1
-        terminated = stepped.done > 0.5
+        terminated = jnp.asarray(stepped.done) > 0.5
         truncated = jnp.logical_and(time >= self.episode_length, jnp.logical_not(terminated))
         done = jnp.logical_or(terminated, truncated)
         first = env_state.first_state
@@ -108,7 +110,7 @@ class MjxEnv:
         return StepResult(
             env_state=MjxState(next_state, first, jnp.where(done, 0, time)),
             obs=next_state.obs.astype(jnp.float32),
-            reward=stepped.reward.astype(jnp.float32),
+            reward=jnp.asarray(stepped.reward, jnp.float32),
             terminated=terminated,
             truncated=truncated,
             final_obs=stepped.obs.astype(jnp.float32),
