@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,11 @@ class Agent:
         from protosac_jax.sac import prepare_obs
 
         obs = jnp.asarray(obs, jnp.float32)
-        single = obs.ndim == len(self.spec.obs_shape)
+        shape = tuple(self.spec.obs_shape)
+        if obs.shape[obs.ndim - len(shape):] != shape or obs.ndim > len(shape) + 1:
+            raise ValueError(f"expected an obs of shape {shape} or a batch of them, "
+                             f"got shape {obs.shape}")
+        single = obs.ndim == len(shape)
         batch = obs[None] if single else obs
         return prepare_obs(self.learner, batch, self.config.sac), single
 
@@ -80,16 +85,21 @@ class Agent:
 
 
 
+# Module-level jitted helpers: the actor (a frozen, hashable dataclass) is a static argument,
+# so repeated calls (an episode in a notebook) reuse one compiled function.
+@functools.partial(jax.jit, static_argnums=0)
 def _deterministic(actor, params, obs):
-    return jax.jit(actor.deterministic)(params, obs)
+    return actor.deterministic(params, obs)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _stochastic(actor, params, obs, noise, key):
-    return jax.jit(actor.act)(params, obs, noise, key)
+    return actor.act(params, obs, noise, key)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _forward(actor, params, obs):
-    return jax.jit(actor.forward)(params, obs)
+    return actor.forward(params, obs)
 
 
 def load(path, step: int | None = None, best: bool = False) -> Agent:

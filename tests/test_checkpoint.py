@@ -235,3 +235,9 @@ def test_checkpoint_from_a_two_device_process_loads_with_one_device(tmp_path):
     obs = np.linspace(-1, 1, 30, dtype=np.float32).reshape(10, 3)
     np.testing.assert_array_equal(protosac_jax.load(out).act(obs),
                                   np.load(tmp_path / "actions.npy"))
+
+
+def test_agent_rejects_wrong_obs_shape(finished_run):
+    agent = protosac_jax.load(finished_run)
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        agent.act(np.zeros(5, np.float32))
