@@ -90,6 +90,17 @@ def build_parser() -> OneLineParser:
     return p
 
 
+def run_flags(args: argparse.Namespace) -> dict:
+    """Checkpoint and logging flags as TrainConfig overrides (valid for new and resumed runs)."""
+    out = {flag: getattr(args, flag) for flag in ("save_every", "keep_checkpoints")
+           if getattr(args, flag) is not None}
+    if args.no_save_buffer:
+        out["save_buffer"] = False
+    if args.no_tensorboard:
+        out["log_tensorboard"] = False
+    return out
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Preset of the chosen env, overridden by the flags that were given."""
     if args.env is not None and args.environment is not None:
@@ -110,13 +121,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("eval_every", "eval_every"), ("eval_episodes", "eval_episodes")]:
         if getattr(args, flag) is not None:
             top[field] = getattr(args, flag)
-    if args.no_tensorboard:
-        top["log_tensorboard"] = False
-    if args.no_save_buffer:
-        top["save_buffer"] = False
-    for flag in ("save_every", "keep_checkpoints"):
-        if getattr(args, flag) is not None:
-            top[flag] = getattr(args, flag)
+    top.update(run_flags(args))
     for flag, field in [("num_prototypes", "num_prototypes"), ("latent_dim", "latent_dim"),
                         ("similarity", "similarity"), ("distribution", "distribution"),
                         ("projection_every", "projection_every")]:
@@ -161,13 +166,7 @@ def resume_overrides(args: argparse.Namespace, cfg: TrainConfig) -> dict:
         overrides["total_steps"] = args.total_steps
     if args.episodes is not None:
         overrides["total_steps"] = args.episodes * envs.make_env(cfg.env).spec.episode_length
-    for flag in ("save_every", "keep_checkpoints"):
-        if getattr(args, flag) is not None:
-            overrides[flag] = getattr(args, flag)
-    if args.no_save_buffer:
-        overrides["save_buffer"] = False
-    if args.no_tensorboard:
-        overrides["log_tensorboard"] = False
+    overrides.update(run_flags(args))
     return overrides
 
 
