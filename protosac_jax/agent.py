@@ -37,7 +37,7 @@ class Agent:
         """(network input batch, was a single obs): adds the batch axis, normalises."""
         from protosac_jax.sac import prepare_obs
 
-        obs = jnp.asarray(obs, jnp.float32)
+        obs = jnp.asarray(obs, self.spec.obs_dtype)  # uint8 stays uint8 (pixels)
         shape = tuple(self.spec.obs_shape)
         if obs.shape[obs.ndim - len(shape):] != shape or obs.ndim > len(shape) + 1:
             raise ValueError(f"expected an obs of shape {shape} or a batch of them, "

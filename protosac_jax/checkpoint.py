@@ -66,10 +66,13 @@ def _loop_part(ts) -> dict[str, Any]:
     # activation states): keep the non-empty leaves, keyed by position; `_loop_unpack` puts
     # zero-size arrays back from the template.
     leaves = jax.tree_util.tree_leaves(ts.env_state)
-    return {"env_state": {str(i): x for i, x in enumerate(leaves) if np.size(x) > 0},
+    part = {"env_state": {str(i): x for i, x in enumerate(leaves) if np.size(x) > 0},
             "obs": ts.obs, "noise": ts.noise, "episode_return": ts.episode_return,
             "rng": ts.rng, "env_steps": ts.env_steps, "random_until": ts.random_until,
             "updates_start": ts.updates_start}
+    if ts.reservoir is not None:  # frame reservoir of Box2D-like envs (loops.py)
+        part["reservoir"] = ts.reservoir
+    return part
 
 
 def _loop_unpack(part: dict[str, Any], template) -> Any:
@@ -236,7 +239,7 @@ def restore_train_state(run_dir: Path, loop, step: int | None = None):
             env_state=_loop_unpack(part, template), obs=part["obs"], noise=part["noise"],
             episode_return=part["episode_return"], provenance=restored["provenance"],
             rng=part["rng"], env_steps=part["env_steps"], random_until=part["random_until"],
-            updates_start=part["updates_start"])
+            updates_start=part["updates_start"], reservoir=part.get("reservoir"))
         return ts, restored["meta"]
     raise CheckpointError(f"{run_dir}: no readable checkpoint ({'; '.join(failures)})")
 
@@ -270,12 +273,11 @@ def load_policy(path, step: int | None = None, best: bool = False):
         meta = _read_meta(directory, candidate)
         spec = spec_from_meta(meta)
         actor = loops.make_actor(cfg, spec.action_dim)
-        obs = jax.ShapeDtypeStruct(spec.obs_shape, np.float32)
+        obs = jax.ShapeDtypeStruct(spec.obs_shape, spec.obs_dtype)
         learner_t = jax.eval_shape(lambda o: sac.init(jax.random.PRNGKey(0), actor, cfg.sac, o,
                                                       spec.action_dim), obs)
         prov_t = jax.eval_shape(lambda: Provenance.empty(
-            cfg.proto.num_prototypes, np.zeros(spec.obs_shape, np.float32),
-            np.zeros((spec.render_dim,), np.float32)))
+            cfg.proto.num_prototypes, spec.obs_example(), spec.render_example()))
         cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
         with_sharding = lambda t: jax.tree_util.tree_map(  # noqa: E731
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=cpu), t)

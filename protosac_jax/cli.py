@@ -52,6 +52,10 @@ def build_parser() -> OneLineParser:
     a = p.add_argument
     a("--env", help="env name or Gymnasium id (default: pendulum)")
     a("--environment", type=int, help="the original's env index 0..6")
+    a("--backend", choices=list(envs.BACKENDS),
+      help="auto (default: gymnax for Pendulum/MountainCar) or gymnasium (the original envs)")
+    a("--frame-stack", type=int, help="Gymnasium pixel envs: frames stacked (CarRacing: 3)")
+    a("--action-repeat", type=int, help="Gymnasium envs: env frames per step (CarRacing: 2)")
     a("--episodes", type=int, help="train for N episodes' worth of env steps (original flag)")
     a("--total-steps", "--total_steps", type=int, help="env steps, summed over envs")
     a("--num-envs", "--num_envs", type=int, help="parallel envs")
@@ -103,14 +107,15 @@ def run_flags(args: argparse.Namespace) -> dict:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Preset of the chosen env, overridden by the flags that were given."""
+    backend = args.backend or "auto"
     if args.env is not None and args.environment is not None:
-        by_index = envs.resolve_index(args.environment)
-        if envs.resolve_name(args.env) != by_index:
+        by_index = envs.resolve_index(args.environment, backend)
+        if envs.resolve_name(args.env, backend) != by_index:
             raise ConfigError(f"--env {args.env} and --environment {args.environment} disagree")
     if args.environment is not None:
-        name = envs.resolve_index(args.environment)
+        name = envs.resolve_index(args.environment, backend)
     else:
-        name = envs.resolve_name(args.env or "pendulum")
+        name = envs.resolve_name(args.env or "pendulum", backend)
     cfg = config_lib.preset(name)
     top, sac, proto = {}, {}, {}
     for flag, field in [("num_envs", "num_envs"), ("total_steps", "total_steps"),
@@ -118,7 +123,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("buffer_size", "buffer_size"), ("learning_starts", "learning_starts"),
                         ("updates_per_step", "updates_per_step"),
                         ("noise_correlation", "noise_correlation"),
-                        ("eval_every", "eval_every"), ("eval_episodes", "eval_episodes")]:
+                        ("eval_every", "eval_every"), ("eval_episodes", "eval_episodes"),
+                        ("frame_stack", "frame_stack"), ("action_repeat", "action_repeat")]:
         if getattr(args, flag) is not None:
             top[field] = getattr(args, flag)
     top.update(run_flags(args))
@@ -138,11 +144,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise ConfigError("give --episodes or --total-steps, not both")
         if args.episodes < 1:
             raise ConfigError(f"--episodes must be >= 1 (got {args.episodes})")
-        top["total_steps"] = args.episodes * envs.make_env(name).spec.episode_length
     cfg = dataclasses.replace(
         cfg, **top,
         sac=dataclasses.replace(cfg.sac, **sac),
         proto=dataclasses.replace(cfg.proto, **proto))
+    config_lib.validate(cfg)
+    env = envs.make_env_for(cfg)  # validates the env now (e.g. Discrete actions, missing extra)
+    if args.episodes is not None:
+        cfg = dataclasses.replace(cfg, total_steps=args.episodes * env.spec.episode_length)
+    if args.buffer_size is None and cfg.buffer_size > cfg.total_steps:
+        # A buffer larger than the run never fills: size it to the run (memory, checkpoints).
+        cfg = dataclasses.replace(cfg, buffer_size=max(cfg.total_steps, cfg.num_envs))
     config_lib.validate(cfg)
     return cfg
 
@@ -165,7 +177,7 @@ def resume_overrides(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     if args.total_steps is not None:
         overrides["total_steps"] = args.total_steps
     if args.episodes is not None:
-        overrides["total_steps"] = args.episodes * envs.make_env(cfg.env).spec.episode_length
+        overrides["total_steps"] = args.episodes * envs.make_env_for(cfg).spec.episode_length
     overrides.update(run_flags(args))
     return overrides
 

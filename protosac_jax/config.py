@@ -84,6 +84,14 @@ class TrainConfig:
     save_every: int = 50_000  # env steps between resumable checkpoints (also saved at the end)
     keep_checkpoints: int = 3  # latest resumable checkpoints kept (plus the best-by-eval policy)
     save_buffer: bool = True  # include the replay buffer (off: resume refills it first)
+    # Gymnasium envs only: pixel frames stacked along channels, and action repeat (one step of
+    # the run = `action_repeat` env frames; rewards summed).
+    frame_stack: int = 1
+    action_repeat: int = 1
+    # Envs drawn from frames (Box2D): env 0's frame is captured every `frame_every` steps into
+    # a reservoir of `frame_reservoir` (obs, frame) pairs, the projection candidates.
+    frame_reservoir: int = 1024
+    frame_every: int = 10
     sac: SACConfig = SACConfig()
     proto: PrototypeConfig = PrototypeConfig()
 
@@ -115,6 +123,10 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.proto.temperature > 0, "--temperature must be > 0"),
         (cfg.proto.projection_every >= 0, "--projection-every must be >= 0"),
         (cfg.buffer_size >= cfg.num_envs, "--buffer-size must be >= --num-envs"),
+        (cfg.frame_stack >= 1, "--frame-stack must be >= 1"),
+        (cfg.action_repeat >= 1, "--action-repeat must be >= 1"),
+        (cfg.frame_reservoir >= 1, "--frame-reservoir must be >= 1"),
+        (cfg.frame_every >= 0, "--frame-every must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -122,8 +134,16 @@ def validate(cfg: TrainConfig) -> None:
 
 
 # --------------------------------------------------------------------------- presets
+# Gymnasium ids of the gymnax envs (`--backend gymnasium` trains on the original envs).
+GYMNASIUM_TWINS = {"Pendulum-v1": "pendulum", "MountainCarContinuous-v0": "mountaincar"}
+
+
 def preset(env: str) -> TrainConfig:
     """Defaults tuned per env; flags override individual fields afterwards."""
+    if env in GYMNASIUM_TWINS:  # same settings as the gymnax twin, on the Gymnasium env
+        return dataclasses.replace(preset(GYMNASIUM_TWINS[env]), env=env)
+    if "-v" in env:
+        return _gymnasium_preset(env)
     if env == "pendulum":
         # RL-zoo's SAC Pendulum settings (lr 1e-3) with smaller nets: Pendulum does not need
         # 256x256 and 64x64 halves the update cost (DESIGN.md, measured facts).
@@ -161,6 +181,33 @@ def preset(env: str) -> TrainConfig:
         save_every=200_000,
         sac=SACConfig(batch_size=512, normalize_obs=True),
         proto=PrototypeConfig(projection_every=5_000))
+
+
+def _gymnasium_preset(env: str) -> TrainConfig:
+    """Host (Gymnasium) envs: RL-zoo's SAC settings, one env, one update per step."""
+    if env.startswith("LunarLanderContinuous"):
+        # rl-baselines3-zoo SAC LunarLanderContinuous (lr 7.3e-4, tau 0.01, 10k warm-up)
+        return TrainConfig(
+            env=env, total_steps=300_000, learning_starts=10_000, buffer_size=1_000_000,
+            eval_every=10_000, eval_episodes=10, save_every=100_000,
+            sac=SACConfig(actor_lr=7.3e-4, critic_lr=7.3e-4, alpha_lr=7.3e-4, tau=0.01),
+            proto=PrototypeConfig(projection_every=10_000))
+    if env.startswith("CarRacing"):
+        # Pixels: 3 stacked frames, action repeat 2, a NatureCNN per network. Smaller batch and
+        # UTD 0.5 keep a CPU run tolerable; the buffer stores each frame once (~11 GB at 100k).
+        # Buffer left out of checkpoints by default (it is the size of the machine's memory).
+        return TrainConfig(
+            env=env, total_steps=500_000, learning_starts=2_000, buffer_size=100_000,
+            updates_per_step=0.5, eval_every=10_000, eval_episodes=3, save_every=50_000,
+            save_buffer=False, frame_stack=3, action_repeat=2,
+            sac=SACConfig(batch_size=128),
+            proto=PrototypeConfig(projection_every=5_000, projection_chunk=256))
+    # MuJoCo v5 (Hopper, HalfCheetah, Humanoid, Walker2d, Ant ...) and any other Box id:
+    # SB3/rl-zoo SAC defaults (256x256, lr 3e-4, batch 256, 10k random warm-up steps).
+    return TrainConfig(
+        env=env, total_steps=1_000_000, learning_starts=10_000, buffer_size=1_000_000,
+        eval_every=10_000, eval_episodes=10, save_every=100_000,
+        proto=PrototypeConfig(projection_every=10_000))
 
 
 # Fields that may differ when resuming a run (nothing else may: it would change the model or

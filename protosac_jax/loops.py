@@ -16,9 +16,11 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from protosac_jax import replay, sac
 from protosac_jax.config import TrainConfig
+from protosac_jax.envs.base import StepResult
 from protosac_jax.prototype import ProtoActor, Provenance, project_prototypes
 
 
@@ -37,6 +39,9 @@ class TrainState:
     env_steps: jax.Array  # int32, summed over envs
     random_until: jax.Array  # int32: env steps below this act uniformly at random (warm-up)
     updates_start: jax.Array  # int32: gradient updates begin once env_steps exceeds this
+    # "frames" envs (Box2D): ReplayState of {obs, frame} captured during training; projection
+    # picks prototype states from it so each prototype has a real picture. None otherwise.
+    reservoir: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +64,11 @@ class Loop:
     def is_proto(self) -> bool:
         return isinstance(self.actor, ProtoActor)
 
+    @property
+    def on_host(self) -> bool:
+        """Gymnasium envs step on the host (host loop); gymnax/MJX envs on the device."""
+        return getattr(self.env, "on_host", False)
+
 
 def make_actor(cfg: TrainConfig, action_dim: int):
     from protosac_jax.networks import GaussianActor
@@ -72,12 +82,22 @@ def make_actor(cfg: TrainConfig, action_dim: int):
 def init_state(loop: Loop, key) -> TrainState:
     spec, cfg = loop.spec, loop.cfg
     learner_key, env_key, noise_key, rng = jax.random.split(key, 4)
-    env_state, obs = jax.vmap(loop.env.reset)(jax.random.split(env_key, cfg.num_envs))
+    reservoir = None
+    if loop.on_host:  # the host loop resets the envs and writes `obs` (see HostRunner)
+        env_state = jnp.zeros((cfg.num_envs,), jnp.float32)
+        obs = jnp.zeros((cfg.num_envs,) + spec.obs_shape, spec.obs_dtype)
+        render = jnp.zeros((spec.render_width,), jnp.float32)
+        if spec.uses_reservoir:
+            reservoir = replay.init(cfg.frame_reservoir,
+                                    {"obs": obs[0], "frame": spec.render_example()})
+    else:
+        env_state, obs = jax.vmap(loop.env.reset)(jax.random.split(env_key, cfg.num_envs))
+        render = loop.env.render_state(jax.tree_util.tree_map(lambda x: x[0], env_state))
     learner = sac.init(learner_key, loop.actor, cfg.sac, obs[0], spec.action_dim)
-    render = loop.env.render_state(jax.tree_util.tree_map(lambda x: x[0], env_state))
+    next_obs = obs[0][..., -spec.frame_channels:] if spec.frame_channels else obs[0]
     example = replay.Transition(
         obs=obs[0], action=jnp.zeros((spec.action_dim,), jnp.float32),
-        reward=jnp.zeros((), jnp.float32), next_obs=obs[0],
+        reward=jnp.zeros((), jnp.float32), next_obs=next_obs,
         terminated=jnp.zeros((), jnp.float32), render_state=render)
     return TrainState(
         learner=learner,
@@ -86,11 +106,14 @@ def init_state(loop: Loop, key) -> TrainState:
         obs=obs,
         noise=jax.random.normal(noise_key, (cfg.num_envs, spec.action_dim)),
         episode_return=jnp.zeros((cfg.num_envs,), jnp.float32),
-        provenance=Provenance.empty(cfg.proto.num_prototypes, obs[0], render),
+        provenance=Provenance.empty(
+            cfg.proto.num_prototypes, obs[0],
+            spec.render_example() if spec.uses_reservoir else render),
         rng=rng,
         env_steps=jnp.zeros((), jnp.int32),
         random_until=jnp.asarray(cfg.learning_starts, jnp.int32),
         updates_start=jnp.asarray(cfg.learning_starts, jnp.int32),
+        reservoir=reservoir,
     )
 
 
@@ -100,26 +123,30 @@ def correlated_noise(noise, key, rho: float):
     return rho * noise + math.sqrt(1.0 - rho * rho) * fresh
 
 
-def env_step(loop: Loop, ts: TrainState):
-    """Every env takes one step; the transitions are inserted into the buffer.
-
-    Actions are uniformly random while env_steps < random_until (warm-up), else the policy's.
-    Returns the new state and (sum of returns of episodes that ended, number that ended).
-    """
+def choose_actions(loop: Loop, ts: TrainState, noise_key, act_key):
+    """(new noise, actions in [-1, 1]) for `ts.obs`: uniformly random while
+    env_steps < random_until (warm-up), else the policy's exploration actions."""
     cfg = loop.cfg
-    rng, noise_key, act_key, step_key = jax.random.split(ts.rng, 4)
     noise = correlated_noise(ts.noise, noise_key, cfg.noise_correlation)
     # erf(eps / sqrt 2) = 2 Phi(eps) - 1 turns N(0,1) noise into U(-1, 1) actions, keeping the
     # noise's temporal correlation (plain uniform warm-up when rho = 0).
     random_actions = jax.scipy.special.erf(noise / math.sqrt(2.0))
     obs = sac.prepare_obs(ts.learner, ts.obs, cfg.sac)
     policy_actions = loop.actor.act(ts.learner.actor_params, obs, noise, act_key)
-    actions = jnp.where(ts.env_steps < ts.random_until, random_actions, policy_actions)
-    render = jax.vmap(loop.env.render_state)(ts.env_state)
-    result = jax.vmap(loop.env.step)(jax.random.split(step_key, cfg.num_envs), ts.env_state,
-                                     actions)
+    return noise, jnp.where(ts.env_steps < ts.random_until, random_actions, policy_actions)
+
+
+def record_step(loop: Loop, ts: TrainState, actions, result: StepResult, render):
+    """Insert the transitions (ts.obs, actions) -> result into the buffer and advance `ts`.
+
+    Returns the new state and (sum of returns of episodes that ended, number that ended).
+    """
+    cfg, spec = loop.cfg, loop.spec
+    next_obs = result.final_obs
+    if spec.frame_channels:  # stacked pixels: store the newest frame only (replay.py)
+        next_obs = next_obs[..., -spec.frame_channels:]
     transition = replay.Transition(
-        obs=ts.obs, action=actions, reward=result.reward, next_obs=result.final_obs,
+        obs=ts.obs, action=actions, reward=result.reward, next_obs=next_obs,
         terminated=result.terminated.astype(jnp.float32), render_state=render)
     done = jnp.logical_or(result.terminated, result.truncated)
     episode_return = ts.episode_return + result.reward
@@ -132,12 +159,21 @@ def env_step(loop: Loop, ts: TrainState):
         buffer=replay.insert(ts.buffer, transition),
         env_state=result.env_state,
         obs=result.obs,
-        noise=noise,
         episode_return=jnp.where(done, 0.0, episode_return),
-        rng=rng,
         env_steps=ts.env_steps + cfg.num_envs,
     )
     return ts, finished
+
+
+def env_step(loop: Loop, ts: TrainState):
+    """Every device env takes one step; the transitions are inserted into the buffer."""
+    cfg = loop.cfg
+    rng, noise_key, act_key, step_key = jax.random.split(ts.rng, 4)
+    noise, actions = choose_actions(loop, ts, noise_key, act_key)
+    render = jax.vmap(loop.env.render_state)(ts.env_state)
+    result = jax.vmap(loop.env.step)(jax.random.split(step_key, cfg.num_envs), ts.env_state,
+                                     actions)
+    return record_step(loop, ts.replace(rng=rng, noise=noise), actions, result, render)
 
 
 def maybe_project(loop: Loop, ts: TrainState, updates_before) -> TrainState:
@@ -148,15 +184,24 @@ def maybe_project(loop: Loop, ts: TrainState, updates_before) -> TrainState:
     learner = ts.learner
     crossed = (learner.num_updates // every) > (updates_before // every)
 
+    # Candidates: the replay buffer, or the frame reservoir for envs drawn from frames.
+    if loop.spec.uses_reservoir:
+        def candidates(ts):
+            return ts.reservoir.data["obs"], ts.reservoir.data["frame"], ts.reservoir.size
+    else:
+        def candidates(ts):
+            return ts.buffer.data.obs, ts.buffer.data.render_state, ts.buffer.size
+
     def project(ts):
+        obs, render, size = candidates(ts)
         params, provenance = project_prototypes(
-            loop.actor, ts.learner.actor_params, ts.buffer.data.obs,
-            ts.buffer.data.render_state, ts.buffer.size, ts.learner.num_updates,
+            loop.actor, ts.learner.actor_params, obs, render, size, ts.learner.num_updates,
             loop.cfg.proto.projection_chunk,
             obs_transform=lambda o: sac.prepare_obs(ts.learner, o, loop.cfg.sac))
         return ts.replace(learner=ts.learner.replace(actor_params=params),
                           provenance=provenance)
 
+    crossed = jnp.logical_and(crossed, candidates(ts)[2] > 0)
     return jax.lax.cond(crossed, project, lambda ts: ts, ts)
 
 
@@ -204,20 +249,13 @@ def evaluate(loop: Loop, learner: sac.SACState, key, num_episodes: int):
     return total
 
 
-def run_chunk(loop: Loop, ts: TrainState, num_iterations: int):
-    """`num_iterations` iterations, then a deterministic evaluation; one compiled program
-    serves warm-up, refill and training (jit with `loop` and `num_iterations` static)."""
-    ts, (finished, metrics, updating) = jax.lax.scan(
-        functools.partial(iteration, loop), ts, None, length=num_iterations)
-    rng, eval_key = jax.random.split(ts.rng)
-    ts = ts.replace(rng=rng)
-    returns = evaluate(loop, ts.learner, eval_key, loop.cfg.eval_episodes)
-    num_updating = jnp.sum(updating)
+def summarize(loop: Loop, ts: TrainState, totals, num_iterations: int, returns):
+    """The metrics of a chunk from its running totals (see `chunk_totals`) and eval returns."""
+    metric_sums, num_updating, return_sum, count = totals
     # loss metrics averaged over the iterations that updated (NaN -> null if none did)
-    out = {k: jnp.where(num_updating > 0, jnp.sum(v * updating) / jnp.maximum(num_updating, 1),
-                        jnp.nan) for k, v in metrics.items()}
+    out = {k: jnp.where(num_updating > 0, v / jnp.maximum(num_updating, 1), jnp.nan)
+           for k, v in metric_sums.items()}
     out["charts/warmup"] = (num_iterations - num_updating) / num_iterations
-    return_sum, count = jnp.sum(finished[0]), jnp.sum(finished[1])
     out["charts/episodic_return"] = jnp.where(count > 0, return_sum / jnp.maximum(count, 1),
                                               jnp.nan)
     out["charts/episodes"] = count
@@ -232,7 +270,20 @@ def run_chunk(loop: Loop, ts: TrainState, num_iterations: int):
     if loop.is_proto:
         # latent distance each prototype moved at its last projection (0 before the first)
         out["proto/projection_churn"] = jnp.mean(ts.provenance.distance)
-    return ts, out
+    return out
+
+
+def run_chunk(loop: Loop, ts: TrainState, num_iterations: int):
+    """`num_iterations` iterations, then a deterministic evaluation; one compiled program
+    serves warm-up, refill and training (jit with `loop` and `num_iterations` static)."""
+    ts, (finished, metrics, updating) = jax.lax.scan(
+        functools.partial(iteration, loop), ts, None, length=num_iterations)
+    rng, eval_key = jax.random.split(ts.rng)
+    ts = ts.replace(rng=rng)
+    returns = evaluate(loop, ts.learner, eval_key, loop.cfg.eval_episodes)
+    totals = ({k: jnp.sum(v * updating) for k, v in metrics.items()}, jnp.sum(updating),
+              jnp.sum(finished[0]), jnp.sum(finished[1]))
+    return ts, summarize(loop, ts, totals, num_iterations, returns)
 
 
 run_chunk_jit = jax.jit(run_chunk, static_argnums=(0, 2), donate_argnums=(1,))
@@ -255,3 +306,140 @@ def schedule(cfg: TrainConfig, done_iterations: int = 0) -> list[int]:
     total_iters = max(1, math.ceil(cfg.total_steps / cfg.num_envs))
     remaining = max(0, math.ceil(total_iters / chunk) * chunk - done_iterations)
     return [chunk] * math.ceil(remaining / chunk)
+
+
+# --------------------------------------------------------------------------- host loop
+# Gymnasium envs step on the host. The same pieces as the device loop (choose_actions,
+# record_step, update_step, summarize) run in one jitted call per vector step: the host sends
+# the step's results for all envs at once and gets the next actions back.
+
+
+def host_act(loop: Loop, ts: TrainState):
+    """(state, actions) for the current `ts.obs` (same RNG stream as env_step)."""
+    rng, noise_key, act_key, _ = jax.random.split(ts.rng, 4)
+    noise, actions = choose_actions(loop, ts, noise_key, act_key)
+    return ts.replace(rng=rng, noise=noise), actions
+
+
+def host_iteration(loop: Loop, ts: TrainState, totals, actions, obs, reward, terminated,
+                   truncated, final_obs, render):
+    """Record one host vector step, run the due updates (and projection), pick next actions."""
+    result = StepResult(env_state=ts.env_state, obs=obs, reward=reward, terminated=terminated,
+                        truncated=truncated, final_obs=final_obs)
+    ts, finished = record_step(loop, ts, actions, result, render)
+    updating = ts.env_steps > ts.updates_start
+    metric_shapes = jax.eval_shape(lambda: update_step(loop, ts)[1])
+
+    def skip(ts):
+        return ts, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+
+    ts, metrics = jax.lax.cond(updating, lambda ts: update_step(loop, ts), skip, ts)
+    sums, num_updating, return_sum, count = totals
+    totals = ({k: sums[k] + metrics[k] * updating for k in sums}, num_updating + updating,
+              return_sum + finished[0], count + finished[1])
+    ts, next_actions = host_act(loop, ts)
+    return ts, totals, next_actions
+
+
+def empty_totals(loop: Loop, ts: TrainState):
+    shapes = jax.eval_shape(lambda: update_step(loop, ts)[1])
+    sums = {k: jnp.zeros(s.shape, jnp.float32) for k, s in shapes.items()}
+    zero_i, zero_f = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
+    return sums, zero_i, zero_f, zero_i
+
+
+def start_episodes(loop: Loop, ts: TrainState, obs):
+    """New episodes begin (run start or resume): set obs, zero running returns, act."""
+    ts = ts.replace(obs=jnp.asarray(obs, ts.obs.dtype),
+                    episode_return=jnp.zeros_like(ts.episode_return))
+    return host_act(loop, ts)
+
+
+def add_frame(ts: TrainState, frame):
+    """Capture env 0's current (obs, rendered frame) into the reservoir."""
+    item = {"obs": ts.obs[:1], "frame": frame[None]}
+    return ts.replace(reservoir=replay.insert(ts.reservoir, item))
+
+
+def deterministic_actions(loop: Loop, learner: sac.SACState, obs):
+    return loop.actor.deterministic(learner.actor_params,
+                                    sac.prepare_obs(learner, obs, loop.cfg.sac))
+
+
+host_iteration_jit = jax.jit(host_iteration, static_argnums=(0,), donate_argnums=(1, 2, 3))
+start_episodes_jit = jax.jit(start_episodes, static_argnums=(0,), donate_argnums=(1,))
+add_frame_jit = jax.jit(add_frame, donate_argnums=(0,))
+empty_totals_jit = jax.jit(empty_totals, static_argnums=(0,))
+summarize_jit = jax.jit(summarize, static_argnums=(0, 3))
+deterministic_actions_jit = jax.jit(deterministic_actions, static_argnums=(0,))
+
+
+class HostRunner:
+    """Runs chunks of a Gymnasium run: `runner(loop, ts, iterations) -> (ts, metrics)`, the
+    same contract as `run_chunk_jit`, so the trainer drives both loops alike.
+
+    The live envs start at the first chunk: seeded from (seed, env_steps), so a resumed run
+    starts fresh episodes (Gymnasium env states are not checkpointed; the buffer, learner,
+    noise and RNG are).
+    """
+
+    def __init__(self, loop: Loop):
+        self.loop = loop
+        self.envs = None
+        self.eval_envs = None
+        self.actions = None
+        self.evaluations = 0
+
+    def _start(self, ts: TrainState) -> TrainState:
+        from protosac_jax.envs.gym_envs import GymVectorEnv
+
+        cfg = self.loop.cfg
+        self.envs = GymVectorEnv(self.loop.env, cfg.num_envs,
+                                 seed=cfg.seed * 1_000_003 + int(ts.env_steps),
+                                 render_first=self.loop.spec.uses_reservoir)
+        ts, self.actions = start_episodes_jit(self.loop, ts, self.envs.reset())
+        return ts
+
+    def __call__(self, loop: Loop, ts: TrainState, num_iterations: int):
+        if self.envs is None:
+            ts = self._start(ts)
+        capture = loop.spec.uses_reservoir and loop.cfg.frame_every > 0
+        totals = empty_totals_jit(loop, ts)
+        for i in range(num_iterations):
+            if capture and i % loop.cfg.frame_every == 0:
+                ts = add_frame_jit(ts, self.envs.frame())
+            render = self.envs.render_states()  # the state of ts.obs, before the step
+            obs, reward, terminated, truncated, final_obs = self.envs.step(
+                np.asarray(self.actions))
+            ts, totals, self.actions = host_iteration_jit(
+                loop, ts, totals, self.actions, obs, reward, terminated, truncated, final_obs,
+                render)
+        returns = self.evaluate(ts.learner, loop.cfg.eval_episodes)
+        return ts, summarize_jit(loop, ts, totals, num_iterations, jnp.asarray(returns))
+
+    def evaluate(self, learner: sac.SACState, num_episodes: int) -> np.ndarray:
+        """Deterministic returns of `num_episodes` episodes, one env each, stepped together."""
+        from protosac_jax.envs.gym_envs import GymVectorEnv
+
+        loop = self.loop
+        if self.eval_envs is None:
+            self.eval_envs = GymVectorEnv(loop.env, num_episodes,
+                                          seed=loop.cfg.seed * 1_000_003 + 999_983)
+        self.eval_envs.seed += 1  # fresh episodes at every evaluation
+        obs = self.eval_envs.reset()
+        total = np.zeros(num_episodes)
+        alive = np.ones(num_episodes, bool)
+        for _ in range(loop.spec.episode_length):
+            actions = np.asarray(deterministic_actions_jit(loop, learner, obs))
+            obs, reward, terminated, truncated, _ = self.eval_envs.step(actions)
+            total += np.where(alive, reward, 0.0)
+            alive &= ~(terminated | truncated)
+            if not alive.any():
+                break
+        self.evaluations += 1
+        return total.astype(np.float32)
+
+    def close(self) -> None:
+        for envs in (self.envs, self.eval_envs):
+            if envs is not None:
+                envs.close()

@@ -27,17 +27,48 @@ import jax.numpy as jnp
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def is_pixels(x) -> bool:
+    """uint8 observations with [..., H, W, C] axes are images (static: decided at trace time)."""
+    return x.dtype == jnp.uint8 and x.ndim >= 4
+
+
+class NatureCNN(nn.Module):
+    """Mnih et al. 2015's torso: [..., H, W, C] uint8 -> [..., features] (scaled by 1/255)."""
+
+    @nn.compact
+    def __call__(self, x):
+        lead = x.shape[:-3]
+        x = x.reshape((-1,) + x.shape[-3:]).astype(jnp.float32) / 255.0
+        x = nn.relu(nn.Conv(32, (8, 8), strides=(4, 4), padding="VALID")(x))
+        x = nn.relu(nn.Conv(64, (4, 4), strides=(2, 2), padding="VALID")(x))
+        x = nn.relu(nn.Conv(64, (3, 3), strides=(1, 1), padding="VALID")(x))
+        return x.reshape(lead + (-1,))
+
+
 class MLP(nn.Module):
-    """ReLU MLP; the last layer is linear."""
+    """ReLU MLP; the last layer is linear. Pixel inputs go through a NatureCNN first."""
 
     hidden_sizes: Sequence[int]
     out_dim: int
 
     @nn.compact
     def __call__(self, x):
+        if is_pixels(x):
+            x = NatureCNN()(x)
         for width in self.hidden_sizes:
             x = nn.relu(nn.Dense(width)(x))
         return nn.Dense(self.out_dim)(x)
+
+
+class PixelQ(nn.Module):
+    """Q(s, a) from pixels: NatureCNN(s) ++ a -> MLP."""
+
+    hidden_sizes: Sequence[int]
+
+    @nn.compact
+    def __call__(self, obs, action):
+        features = NatureCNN()(obs)
+        return MLP(self.hidden_sizes, 1)(jnp.concatenate([features, action], axis=-1))
 
 
 class TwinCritic(nn.Module):
@@ -48,6 +79,10 @@ class TwinCritic(nn.Module):
 
     @nn.compact
     def __call__(self, obs, action):
+        if is_pixels(obs):  # each critic has its own CNN
+            ensemble = nn.vmap(PixelQ, variable_axes={"params": 0}, split_rngs={"params": True},
+                               in_axes=None, out_axes=0, axis_size=self.num_critics)
+            return ensemble(self.hidden_sizes)(obs, action)[..., 0]
         x = jnp.concatenate([obs, action], axis=-1)
         ensemble = nn.vmap(
             MLP,

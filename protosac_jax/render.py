@@ -2,12 +2,15 @@
 
 gymnax classic control is drawn with matplotlib from the stored render state, following the
 geometry of Gymnasium's renderers (Pendulum: rod end at (-sin th, cos th), th = 0 upright;
-MountainCar: hill y = 0.45 sin(3x) + 0.55, flag at x = 0.45).
+MountainCar: hill y = 0.45 sin(3x) + 0.55, flag at x = 0.45). Gymnasium envs: MuJoCo states
+are set from qpos/qvel and rendered by the env (headless: MUJOCO_GL=egl by default), Box2D
+states are the frames captured with them, pixel envs show the observation's newest frame.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +49,50 @@ def _draw_mountaincar(ax, state):
 DRAWERS = {"pendulum": _draw_pendulum, "mountaincar": _draw_mountaincar}
 
 
+class MujocoStateRenderer:
+    """rgb frames of Gymnasium MuJoCo states given as qpos ++ qvel."""
+
+    def __init__(self, env_id: str, size: int = 160):
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        from protosac_jax.envs.gym_envs import GymEnv
+
+        try:
+            self.env = GymEnv(env_id).make(render=True, width=size, height=size)
+            self.env.reset(seed=0)
+            self.env.render()
+        except Exception as err:  # noqa: BLE001 - no GL context on this machine
+            raise RenderUnavailable(
+                f"cannot render {env_id} headless with MUJOCO_GL={os.environ['MUJOCO_GL']} "
+                f"({type(err).__name__}); try MUJOCO_GL=osmesa") from None
+        self.nq = self.env.unwrapped.model.nq
+
+    def __call__(self, state) -> np.ndarray:
+        state = np.asarray(state, np.float64)
+        self.env.unwrapped.set_state(state[:self.nq], state[self.nq:])
+        return self.env.render()
+
+    def close(self):
+        self.env.close()
+
+
+def state_drawer(spec):
+    """drawer(ax, render_state, obs) for this env's states, or RenderUnavailable."""
+    if spec.name in DRAWERS:
+        draw = DRAWERS[spec.name]
+        return lambda ax, render, obs: draw(ax, render)
+    if spec.render_kind == "frames":
+        return lambda ax, render, obs: ax.imshow(render)
+    if spec.render_kind == "pixels":
+        return lambda ax, render, obs: ax.imshow(np.asarray(obs)[..., -3:])
+    if spec.render_kind == "mujoco":
+        renderer = MujocoStateRenderer(spec.env_id)
+        return lambda ax, render, obs: ax.imshow(renderer(render))
+    raise RenderUnavailable(f"drawing {spec.name} states is not supported yet")
+
+
 def save_prototype_grid(path: Path, loop, ts) -> Path:
     """One tile per prototype: its real state, id, and action Gaussian (mean +- std)."""
-    drawer = DRAWERS.get(loop.spec.name)
-    if drawer is None:
-        raise RenderUnavailable(f"drawing {loop.spec.name} states is not supported yet")
+    drawer = state_drawer(loop.spec)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,6 +103,7 @@ def save_prototype_grid(path: Path, loop, ts) -> Path:
     stds = np.exp(np.asarray(params["proto_log_stds"]))
     index = np.asarray(ts.provenance.buffer_index)
     render_state = np.asarray(ts.provenance.render_state)
+    proto_obs = np.asarray(ts.provenance.obs)
     k = len(index)
     cols = min(8, k)
     rows = math.ceil(k / cols)
@@ -73,14 +116,15 @@ def save_prototype_grid(path: Path, loop, ts) -> Path:
             ax.axis("off")
             continue
         if index[i] >= 0:
-            drawer(ax, render_state[i])
+            drawer(ax, render_state[i], proto_obs[i])
             title = f"p{i} a={means[i, 0]:+.2f}±{stds[i, 0]:.2f}"
         else:
             ax.text(0.5, 0.5, "not yet\nprojected", ha="center", va="center",
                     transform=ax.transAxes)
             title = f"p{i}"
         ax.set_title(title, fontsize=7)
-    fig.suptitle(f"{loop.spec.env_id}: {k} prototypes (real buffer states)", fontsize=9)
+    source = "captured frames" if loop.spec.uses_reservoir else "buffer states"
+    fig.suptitle(f"{loop.spec.env_id}: {k} prototypes (real {source})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -66,4 +66,17 @@ def insert(state: ReplayState, batch: Any) -> ReplayState:
 def sample(state: ReplayState, key: jax.Array, batch_size: int) -> Any:
     """Uniform sample (with replacement) over the rows written so far."""
     rows = jax.random.randint(key, (batch_size,), 0, jnp.maximum(state.size, 1))
-    return jax.tree_util.tree_map(lambda buf: buf[rows], state.data)
+    batch = jax.tree_util.tree_map(lambda buf: buf[rows], state.data)
+    if isinstance(batch, Transition):
+        batch = batch.replace(next_obs=full_next_obs(batch.obs, batch.next_obs))
+    return batch
+
+
+def full_next_obs(obs, next_obs):
+    """Frame-stacked pixels store only the newest frame of next_obs (C channels of k*C): the
+    next observation is the observation without its oldest frame plus that new frame. Other
+    observations are stored whole and returned unchanged (decided from the static shapes)."""
+    channels = next_obs.shape[-1]
+    if next_obs.ndim != obs.ndim or channels == obs.shape[-1]:
+        return next_obs
+    return jnp.concatenate([obs[..., channels:], next_obs], axis=-1)

@@ -162,6 +162,10 @@ def _progress(total: int, initial: int, enabled: bool):
                 dynamic_ncols=True, mininterval=0.5)
 
 
+def _gib(tree) -> float:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree)) / 2**30
+
+
 def _first_non_finite(metrics: dict[str, Any]) -> str | None:
     if metrics.get("health/params_finite") == 0.0:
         return "parameters"
@@ -174,7 +178,7 @@ def _first_non_finite(metrics: dict[str, Any]) -> str | None:
 
 
 def make_loop(cfg: TrainConfig, env=None) -> loops.Loop:
-    env = env if env is not None else envs.make_env(cfg.env)
+    env = env if env is not None else envs.make_env_for(cfg)
     return loops.Loop(env=env, actor=loops.make_actor(cfg, env.spec.action_dim), cfg=cfg)
 
 
@@ -185,7 +189,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, progress: bool
     from protosac_jax import parallel
 
     parallel.check_divisible(cfg)
-    env = envs.make_env(cfg.env)
+    env = envs.make_env_for(cfg)
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     check_writable_dir(run_dir)
     enable_compilation_cache()
@@ -200,8 +204,11 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, progress: bool
 
 
 def _chunk_runner(loop: loops.Loop, ts):
-    """(state placed on the devices, chunk function): sharded over all local devices when
-    there are several (see parallel.py), else the plain jitted chunk."""
+    """(state placed on the devices, chunk function): the host loop for Gymnasium envs;
+    sharded over all local devices when there are several (see parallel.py); else the plain
+    jitted chunk."""
+    if loop.on_host:
+        return ts, loops.HostRunner(loop)
     if jax.device_count() == 1:
         return ts, loops.run_chunk_jit
     from protosac_jax import parallel
@@ -259,6 +266,11 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
             print(f"resume: the buffer was not saved; refilling {refill_steps} env steps with "
                   "the current policy before updating", file=sys.stderr)
     ts, run_chunk = _chunk_runner(loop, ts)
+    if not quiet:
+        print(f"replay buffer: {cfg.buffer_size} transitions, "
+              f"{_gib(ts.buffer.data):.2f} GiB on {jax.devices()[0].platform}"
+              + (" (resume of a Gymnasium run: episodes in progress restart)"
+                 if loop.on_host and start_steps else ""), file=sys.stderr)
     logger = _Logger(run_dir, cfg.log_tensorboard)
     checkpointer = checkpoint.Checkpointer(run_dir, keep=cfg.keep_checkpoints)
     history: list[dict[str, Any]] = []
@@ -330,6 +342,8 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
         bar.close()
         logger.close()
         checkpointer.close()
+        if hasattr(run_chunk, "close"):
+            run_chunk.close()
     final_eval = history[-1]["eval/return_mean"]
     (run_dir / "summary.json").write_text(json.dumps({
         "env_steps": env_steps, "updates": updates, "final_eval": final_eval,

@@ -1,4 +1,10 @@
-"""Env registry: names, aliases and the original's `--environment 0..6` indices."""
+"""Env registry: names, aliases and the original's `--environment 0..6` indices.
+
+Names pick the backend: gymnax names (`pendulum`, `mountaincar`, and their Gymnasium ids by
+default), brax/MJX names (`hopper`, `humanoid`, ...), and any other Gymnasium id with a `-v`
+(`Hopper-v5`, `LunarLanderContinuous-v3`, `CarRacing-v3`, ...) on the Gymnasium host backend.
+`backend="gymnasium"` forces the original Gymnasium env for the gymnax twins.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ MJX_NAMES = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inv
              "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
 GYMNASIUM_IDS = ("LunarLanderContinuous-v3", "HalfCheetah-v5", "Humanoid-v5", "Hopper-v5",
                  "CarRacing-v3", "BipedalWalker-v3", "Walker2d-v5", "Ant-v5")
+BACKENDS = ("auto", "gymnasium")
 
 SUPPORTED = tuple(GYMNAX_ENVS)
 
@@ -35,36 +42,59 @@ SUPPORTED = tuple(GYMNAX_ENVS)
 def env_help() -> str:
     return ("pendulum (Pendulum-v1, gymnax), mountaincar (MountainCarContinuous-v0, gymnax); "
             "MJX locomotion via brax.envs: " + ", ".join(MJX_NAMES) + " (any brax env name); "
-            "coming: Gymnasium ids (" + ", ".join(GYMNASIUM_IDS) + ")")
+            "Gymnasium host envs: any id with a Box action space, e.g. "
+            + ", ".join(GYMNASIUM_IDS))
 
 
-def resolve_name(name: str) -> str:
+def resolve_name(name: str, backend: str = "auto") -> str:
     """Canonical env name, or EnvError with a one-line reason."""
+    if backend not in BACKENDS:
+        raise EnvError(f"--backend must be auto or gymnasium (got {backend!r})")
     canonical = ALIASES.get(name.lower())
     if canonical is not None:
-        return canonical
+        return GYMNAX_ENVS[canonical][0] if backend == "gymnasium" else canonical
+    if "-v" in name:
+        from protosac_jax.envs.gym_envs import gym_ids
+
+        if name not in gym_ids():
+            close = [i for i in gym_ids() if i.lower() == name.lower()]
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise EnvError(f"unknown Gymnasium id {name!r}{hint}")
+        return name
+    if backend == "gymnasium":
+        raise EnvError(f"--backend gymnasium needs a Gymnasium id (e.g. Hopper-v5), got {name!r}")
     if name.lower() in MJX_NAMES:
         return name.lower()
-    if "-v" in name:
-        raise EnvError(f"env {name!r} needs the Gymnasium host backend, which is not built yet "
-                       "(issue #5: Gymnasium host envs)")
     from protosac_jax.envs.mjx_envs import brax_env_names  # other brax envs pass through
 
     if name in brax_env_names():
         return name
     raise EnvError(f"unknown env {name!r}; available: {', '.join(SUPPORTED)} (gymnax), "
-                   f"{', '.join(brax_env_names())} (MJX)")
+                   f"{', '.join(brax_env_names())} (MJX), or a Gymnasium id such as "
+                   "Hopper-v5")
 
 
-def resolve_index(index: int) -> str:
+def resolve_index(index: int, backend: str = "auto") -> str:
     if index not in ORIGINAL_INDICES:
         raise EnvError(f"--environment must be 0..6 (got {index})")
-    return resolve_name(ORIGINAL_INDICES[index])
+    return resolve_name(ORIGINAL_INDICES[index], backend)
 
 
-def make_env(name: str):
-    """The device env for a (possibly aliased) name."""
+def is_gymnasium(name: str) -> bool:
+    return "-v" in name and ALIASES.get(name.lower()) is None
+
+
+def make_env(name: str, frame_stack: int = 1, action_repeat: int = 1):
+    """The env for a (possibly aliased) name: a device env (gymnax/MJX) or a GymEnv."""
     canonical = resolve_name(name)
+    if is_gymnasium(canonical):
+        from protosac_jax.envs.gym_envs import GymEnv
+
+        env = GymEnv(canonical, frame_stack, action_repeat)
+        env.spec  # noqa: B018 - validates now: unknown extra, Discrete actions -> EnvError
+        return env
+    if frame_stack != 1 or action_repeat != 1:
+        raise EnvError("--frame-stack/--action-repeat apply to Gymnasium envs only")
     if canonical in GYMNAX_ENVS:
         return GymnaxEnv(canonical)
     from protosac_jax.envs.mjx_envs import MjxEnv
@@ -72,9 +102,16 @@ def make_env(name: str):
     return MjxEnv(canonical)
 
 
+def make_env_for(cfg):
+    """The env of a TrainConfig."""
+    return make_env(cfg.env, cfg.frame_stack, cfg.action_repeat)
+
+
 def is_mjx(name: str) -> bool:
-    return resolve_name(name) not in GYMNAX_ENVS
+    canonical = resolve_name(name)
+    return canonical not in GYMNAX_ENVS and not is_gymnasium(canonical)
 
 
-__all__ = ["EnvError", "EnvSpec", "StepResult", "make_env", "resolve_name", "resolve_index",
+__all__ = ["EnvError", "EnvSpec", "StepResult", "make_env", "make_env_for", "resolve_name",
+           "resolve_index",
            "ORIGINAL_INDICES", "env_help"]

@@ -7,6 +7,11 @@ from typing import Any
 
 import flax.struct
 import jax
+import numpy as np
+
+
+# Frames kept for "frames" envs (Box2D renders are downscaled to this), see gym_envs.py.
+FRAME_SHAPE = (96, 144, 3)
 
 
 class EnvError(ValueError):
@@ -23,7 +28,32 @@ class EnvSpec:
     action_low: tuple[float, ...]
     action_high: tuple[float, ...]
     episode_length: int  # time limit (truncation)
-    render_dim: int  # length of the render-state vector kept for provenance
+    render_dim: int  # length of the render-state vector kept per transition for provenance
+    obs_dtype: str = "float32"  # uint8 for pixels (stored as uint8, scaled in the CNN)
+    # How a state is redrawn: state (gymnax/MJX render vector) | mujoco (qpos ++ qvel) |
+    # pixels (the obs is the picture) | frames (reservoir of captured frames) | none
+    render_kind: str = "state"
+    # > 0: stacked pixel obs whose last `frame_channels` channels are the newest frame; the
+    # buffer then stores only that frame of next_obs (replay.py rebuilds the rest)
+    frame_channels: int = 0
+
+    @property
+    def uses_reservoir(self) -> bool:
+        return self.render_kind == "frames"
+
+    def obs_example(self):
+        return np.zeros(self.obs_shape, self.obs_dtype)
+
+    def render_example(self):
+        """One provenance render state: a frame for reservoir envs, else the state vector."""
+        if self.uses_reservoir:
+            return np.zeros(FRAME_SHAPE, np.uint8)
+        return np.zeros((self.render_width,), np.float32)
+
+    @property
+    def render_width(self) -> int:
+        """Stored render-vector length: at least 1 (Orbax cannot save zero-size arrays)."""
+        return max(self.render_dim, 1)
 
 
 @flax.struct.dataclass
