@@ -23,7 +23,7 @@ import optax
 
 from protosac_jax import replay
 from protosac_jax.config import SACConfig
-from protosac_jax.networks import TwinCritic
+from protosac_jax.networks import TwinCritic, is_pixels
 
 
 @flax.struct.dataclass
@@ -195,5 +195,15 @@ def update_many(state: SACState, buffer: replay.ReplayState, key, num_updates: i
         batch = replay.sample(buffer, sample_key, cfg.batch_size)
         return update(carry, batch, update_key, actor, cfg, action_dim)
 
-    state, metrics = jax.lax.scan(step, state, jax.random.split(key, num_updates))
+    keys = jax.random.split(key, num_updates)
+    if is_pixels(buffer.data.obs):
+        # Pixels: straight-line code. XLA:CPU runs convolutions inside a loop body ~5x slower
+        # than at top level (CarRacing update: 0.78 s in a scan, 0.14 s unrolled, same math).
+        outputs = []
+        for step_key in keys:
+            state, step_metrics = step(state, step_key)
+            outputs.append(step_metrics)
+        metrics = jax.tree_util.tree_map(lambda *m: jnp.stack(m), *outputs)
+    else:
+        state, metrics = jax.lax.scan(step, state, keys)
     return state, jax.tree_util.tree_map(jnp.mean, metrics)

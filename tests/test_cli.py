@@ -69,7 +69,10 @@ def run_cli(*args, cwd=ROOT, script="train.py"):
     (["--num-envs", "0"], "--num-envs"),
     (["--total-steps", "-5"], "--total-steps"),
     (["--baseline", "maybe"], "maybe"),
-    (["--environment", "1"], "issue #5"),
+    (["--env", "CartPole-v1"], "Discrete action space"),
+    (["--env", "Hopper-v5", "--frame-stack", "0"], "--frame-stack"),
+    (["--env", "pendulum", "--action-repeat", "2"], "Gymnasium envs only"),
+    (["--env", "hopper", "--backend", "gymnasium"], "Gymnasium id"),
     (["--env", "nosuchbrax"], "humanoid"),  # unknown names list the valid ones, brax's too
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):

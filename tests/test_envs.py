@@ -89,8 +89,11 @@ def test_vmapped_envs():
 def test_registry_names_indices_and_clear_errors():
     assert envs.resolve_name("Pendulum-v1") == "pendulum"
     assert envs.resolve_index(0) == "pendulum" and envs.resolve_index(2) == "mountaincar"
-    with pytest.raises(EnvError, match="issue #5"):
-        envs.resolve_index(1)
+    assert envs.resolve_index(1) == "LunarLanderContinuous-v3"
+    assert envs.resolve_index(5) == "Hopper-v5"  # the Gymnasium MuJoCo env, not brax's hopper
+    assert envs.resolve_index(0, backend="gymnasium") == "Pendulum-v1"
+    with pytest.raises(EnvError, match="did you mean Hopper-v5"):
+        envs.resolve_name("hopper-v5")
     assert envs.resolve_name("humanoid") == "humanoid"
     assert envs.resolve_name("Hopper") == "hopper"
     with pytest.raises(EnvError, match="unknown env 'nope'.*inverted_pendulum"):

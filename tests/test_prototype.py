@@ -167,3 +167,24 @@ def test_projection_puts_each_prototype_exactly_on_an_encoded_buffer_state():
     for name in ("proto_means", "proto_log_stds"):
         np.testing.assert_array_equal(np.asarray(new_params["params"][name]),
                                       np.asarray(params["params"][name]))
+
+
+def test_refit_after_projection_preserves_the_policy_and_keeps_prototypes():
+    actor = _actor()
+    obs = jax.random.normal(jax.random.PRNGKey(5), (400, 3))
+    params = actor.init(jax.random.PRNGKey(6), obs)
+    inner = dict(params["params"])  # distinct heads, so moving prototypes changes the policy
+    inner["proto_means"] = jax.random.normal(jax.random.PRNGKey(7), inner["proto_means"].shape)
+    inner["prototypes"] = inner["prototypes"] * 3.0  # far from the data: projection moves them
+    params = {**params, "params": inner}
+    before = np.asarray(actor.deterministic(params, obs))
+    plain, _ = prototype.project_prototypes(actor, params, obs, obs[:, :1], 400, 0)
+    refit, prov = prototype.project_prototypes(actor, params, obs, obs[:, :1], 400, 0,
+                                               refit_obs=obs)
+    np.testing.assert_array_equal(np.asarray(plain["params"]["prototypes"]),
+                                  np.asarray(refit["params"]["prototypes"]))
+    err_plain = np.abs(np.asarray(actor.deterministic(plain, obs)) - before).mean()
+    err_refit = np.abs(np.asarray(actor.deterministic(refit, obs)) - before).mean()
+    assert err_plain > 0.05 and err_refit < 0.3 * err_plain
+    stds = np.exp(np.asarray(refit["params"]["proto_log_stds"]))
+    assert np.all(np.isfinite(stds)) and np.all(stds > 0)
