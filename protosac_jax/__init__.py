@@ -1,5 +1,12 @@
 """protosac-jax: ProtoSAC (prototype-based Soft Actor-Critic) in JAX."""
 
+import os as _os
+
+# Headless MuJoCo rendering (prototype tiles, videos): EGL unless the user chose a backend or
+# has a display. Must be set before mujoco is first imported.
+if "MUJOCO_GL" not in _os.environ and not _os.environ.get("DISPLAY"):
+    _os.environ["MUJOCO_GL"] = "egl"
+
 from protosac_jax.config import ConfigError, PrototypeConfig, SACConfig, TrainConfig, preset
 from protosac_jax.envs import EnvError, make_env
 

@@ -83,6 +83,8 @@ def build_parser() -> OneLineParser:
       "(only --total-steps/--episodes and checkpoint/log flags may be given)")
     a("--save-every", type=int, help="env steps between resumable checkpoints")
     a("--keep-checkpoints", type=int, help="resumable checkpoints kept (plus the best)")
+    a("--video-every", "--video_every", type=int,
+      help="record an explained evaluation episode into <run>/videos/ every N env steps")
     a("--no-save-buffer", action="store_true",
       help="leave the replay buffer out of checkpoints (resume refills it)")
     a("--distributed", action="store_true",
@@ -96,7 +98,8 @@ def build_parser() -> OneLineParser:
 
 def run_flags(args: argparse.Namespace) -> dict:
     """Checkpoint and logging flags as TrainConfig overrides (valid for new and resumed runs)."""
-    out = {flag: getattr(args, flag) for flag in ("save_every", "keep_checkpoints")
+    out = {flag: getattr(args, flag) for flag in ("save_every", "keep_checkpoints",
+                                                  "video_every")
            if getattr(args, flag) is not None}
     if args.no_save_buffer:
         out["save_buffer"] = False
@@ -164,6 +167,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 RESUME_FLAGS = {"resume", "total_steps", "episodes", "save_every", "keep_checkpoints",
+                "video_every",
                 "no_save_buffer", "no_progress", "quiet", "no_tensorboard", "distributed"}
 
 

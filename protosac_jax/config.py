@@ -96,6 +96,9 @@ class TrainConfig:
     # a reservoir of `frame_reservoir` (obs, frame) pairs, the projection candidates.
     frame_reservoir: int = 1024
     frame_every: int = 10
+    # Record a deterministic evaluation episode (explained by its top prototypes) into
+    # <run>/videos/ every this many env steps; 0 = off. Runs on the host between chunks.
+    video_every: int = 0
     sac: SACConfig = SACConfig()
     proto: PrototypeConfig = PrototypeConfig()
 
@@ -131,6 +134,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.action_repeat >= 1, "--action-repeat must be >= 1"),
         (cfg.frame_reservoir >= 1, "--frame-reservoir must be >= 1"),
         (cfg.frame_every >= 0, "--frame-every must be >= 0"),
+        (cfg.video_every >= 0, "--video-every must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -218,7 +222,7 @@ def _gymnasium_preset(env: str) -> TrainConfig:
 # Fields that may differ when resuming a run (nothing else may: it would change the model or
 # the data it was trained on).
 RESUMABLE_FIELDS = ("total_steps", "save_every", "keep_checkpoints", "save_buffer",
-                    "log_tensorboard")
+                    "log_tensorboard", "video_every")
 
 
 # --------------------------------------------------------------------------- JSON

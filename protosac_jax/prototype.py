@@ -268,34 +268,49 @@ class Provenance:
 
 def nearest_buffer_states(actor: ProtoActor, params, buffer_obs, size, chunk: int,
                           obs_transform=None):
-    """Index of the buffer row whose encoding is nearest to each prototype.
+    """Buffer row of each prototype's projection: its nearest encoded state, distinct rows.
 
-    Encodes the buffer in blocks of `chunk` rows (memory stays O(chunk * K)); rows >= size are
-    ignored. The last block starts at capacity - chunk and may overlap the previous one: a
-    running minimum does not mind seeing a row twice.
+    Encodes the buffer in blocks of `chunk` rows (memory O(chunk * K)); rows >= size are
+    ignored. Each prototype keeps its K nearest rows as candidates; then, in order of their
+    nearest distance, prototypes take their nearest candidate not already taken, so no two
+    prototypes become the same state (each has K candidates, so one is always free; with
+    fewer than K valid rows duplicates are unavoidable and allowed).
     """
     transform = obs_transform or (lambda o: o)
     capacity = buffer_obs.shape[0]
     chunk = min(chunk, capacity)
-    starts = jnp.minimum(jnp.arange(0, capacity, chunk), capacity - chunk)
+    nominal = jnp.arange(0, capacity, chunk)
     prototypes = params["params"]["prototypes"]
     num_prototypes = prototypes.shape[0]
+    num_candidates = min(num_prototypes, capacity)
 
-    def block(carry, start):
-        best_d, best_i = carry
+    def block(carry, nominal_start):
+        best_d, best_i = carry  # [K, C] ascending
+        start = jnp.minimum(nominal_start, capacity - chunk)  # the last block may overlap
         rows = transform(jax.lax.dynamic_slice_in_dim(buffer_obs, start, chunk, axis=0))
-        d = squared_distances(actor.encode(params, rows), prototypes)  # [chunk, K]
+        d = squared_distances(actor.encode(params, rows), prototypes).T  # [K, chunk]
         index = start + jnp.arange(chunk)
-        d = jnp.where((index < size)[:, None], d, jnp.inf)
-        block_i = jnp.argmin(d, axis=0)
-        block_d = jnp.min(d, axis=0)
-        better = block_d < best_d
-        return (jnp.where(better, block_d, best_d),
-                jnp.where(better, index[block_i], best_i)), None
+        valid = (index < size) & (index >= nominal_start)  # overlap rows were seen already
+        d = jnp.where(valid[None], d, jnp.inf)
+        all_d = jnp.concatenate([best_d, d], axis=1)
+        all_i = jnp.concatenate([best_i, jnp.broadcast_to(index, d.shape)], axis=1)
+        neg_d, pos = jax.lax.top_k(-all_d, num_candidates)
+        return (-neg_d, jnp.take_along_axis(all_i, pos, axis=1)), None
 
-    init = (jnp.full((num_prototypes,), jnp.inf), jnp.zeros((num_prototypes,), jnp.int32))
-    (_, best_i), _ = jax.lax.scan(block, init, starts)
-    return best_i
+    init = (jnp.full((num_prototypes, num_candidates), jnp.inf),
+            jnp.zeros((num_prototypes, num_candidates), jnp.int32))
+    (cand_d, cand_i), _ = jax.lax.scan(block, init, nominal)
+
+    def assign(n, chosen):
+        k = order[n]
+        taken = jnp.any(cand_i[k][:, None] == chosen[None, :], axis=1)
+        free = jnp.logical_and(~taken, jnp.isfinite(cand_d[k]))
+        pick = jnp.where(jnp.any(free), jnp.argmax(free), 0)  # none free: allow a duplicate
+        return chosen.at[k].set(cand_i[k, pick])
+
+    order = jnp.argsort(cand_d[:, 0])
+    return jax.lax.fori_loop(0, num_prototypes, assign,
+                             jnp.full((num_prototypes,), -1, jnp.int32))
 
 
 def refit_heads(actor: ProtoActor, old_params, new_params, obs, ridge: float):

@@ -75,56 +75,163 @@ class MujocoStateRenderer:
         self.env.close()
 
 
-def state_drawer(spec):
-    """drawer(ax, render_state, obs) for this env's states, or RenderUnavailable."""
-    if spec.name in DRAWERS:
-        draw = DRAWERS[spec.name]
-        return lambda ax, render, obs: draw(ax, render)
-    if spec.render_kind == "frames":
-        return lambda ax, render, obs: ax.imshow(render)
-    if spec.render_kind == "pixels":
-        return lambda ax, render, obs: ax.imshow(np.asarray(obs)[..., -3:])
-    if spec.render_kind == "mujoco":
-        renderer = MujocoStateRenderer(spec.env_id)
-        return lambda ax, render, obs: ax.imshow(renderer(render))
-    raise RenderUnavailable(f"drawing {spec.name} states is not supported yet")
+class _MjxStateRenderer:
+    """rgb frames of brax MJX states (qpos ++ qvel) with brax's own MuJoCo model, CPU-side."""
+
+    def __init__(self, name: str, size: int = 160):
+        import mujoco
+
+        from protosac_jax.envs.mjx_envs import _make
+
+        self.model = _make(name).sys.mj_model
+        self.data = mujoco.MjData(self.model)
+        try:
+            self.renderer = mujoco.Renderer(self.model, size, size)
+        except Exception as err:  # noqa: BLE001 - no GL context on this machine
+            raise RenderUnavailable(
+                f"cannot render {name} headless with MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
+                f"({type(err).__name__}); install libosmesa6 and set MUJOCO_GL=osmesa") from None
+        self.camera = mujoco.MjvCamera()
+        self.camera.type = mujoco.mjtCamera.mjCAMERA_TRACKING
+        self.camera.trackbodyid = 1
+        self.camera.distance = 3.0 if self.model.nq < 20 else 4.0
+        self.camera.elevation = -15.0
+        self.camera.azimuth = 90.0
+        self._mujoco = mujoco
+
+    def __call__(self, state) -> np.ndarray:
+        state = np.asarray(state, np.float64)
+        nq = self.model.nq
+        self.data.qpos[:] = state[:nq]
+        self.data.qvel[:] = state[nq:nq + self.model.nv]
+        self._mujoco.mj_forward(self.model, self.data)
+        self.renderer.update_scene(self.data, camera=self.camera)
+        return self.renderer.render().copy()
+
+    def close(self):
+        self.renderer.close()
 
 
-def save_prototype_grid(path: Path, loop, ts) -> Path:
-    """One tile per prototype: its real state, id, and action Gaussian (mean +- std)."""
-    drawer = state_drawer(loop.spec)
+class _MatplotlibStateRenderer:
+    """gymnax states drawn with matplotlib into an rgb array."""
+
+    def __init__(self, draw, size: int = 160):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        self.draw = draw
+        self.fig = plt.figure(figsize=(size / 80, size / 80), dpi=80)
+        self.ax = self.fig.add_axes([0, 0, 1, 1])
+        self.plt = plt
+
+    def __call__(self, state) -> np.ndarray:
+        self.ax.clear()
+        self.ax.set_axis_off()
+        self.ax.set_aspect("equal")
+        self.draw(self.ax, state)
+        self.fig.canvas.draw()
+        return np.asarray(self.fig.canvas.buffer_rgba())[..., :3].copy()
+
+    def close(self):
+        self.plt.close(self.fig)
+
+
+class FrameSource:
+    """`frames(render_state, obs) -> [H, W, 3] uint8`: a real picture of any state the trainer
+    stores, for every env it supports (gymnax drawings, MJX and Gymnasium MuJoCo renders from
+    qpos/qvel, captured Box2D frames, CarRacing's own pixels)."""
+
+    def __init__(self, spec, size: int = 160):
+        self.spec = spec
+        self._renderer = None
+        if spec.name in DRAWERS:
+            self._renderer = _MatplotlibStateRenderer(DRAWERS[spec.name], size)
+            self._kind = "state"
+        elif spec.backend == "mjx":
+            self._renderer = _MjxStateRenderer(spec.name, size)
+            self._kind = "state"
+        elif spec.render_kind == "mujoco":
+            self._renderer = MujocoStateRenderer(spec.env_id, size)
+            self._kind = "state"
+        elif spec.render_kind == "frames":
+            self._kind = "frame"
+        elif spec.render_kind == "pixels":
+            self._kind = "obs"
+        else:
+            raise RenderUnavailable(f"{spec.env_id} cannot render frames (no rgb_array mode)")
+
+    def __call__(self, render_state, obs) -> np.ndarray:
+        if self._kind == "state":
+            return self._renderer(render_state)
+        if self._kind == "frame":
+            return np.asarray(render_state, np.uint8)
+        return np.asarray(obs, np.uint8)[..., -3:]
+
+    def close(self):
+        if self._renderer is not None:
+            self._renderer.close()
+
+
+def save_prototype_grid(path: Path, loop, ts, usage=None) -> Path:
+    """Prototype grid of a training state (see `save_grid`)."""
+    params = ts.learner.actor_params["params"]
+    provenance = {"buffer_index": np.asarray(ts.provenance.buffer_index),
+                  "render_state": np.asarray(ts.provenance.render_state),
+                  "obs": np.asarray(ts.provenance.obs)}
+    return save_grid(path, loop.spec, params, provenance, usage)
+
+
+def prototype_images(spec, provenance, size: int = 160) -> list:
+    """One picture per prototype (None where it has not been projected yet)."""
+    frames = FrameSource(spec, size)
+    try:
+        return [frames(provenance["render_state"][i], provenance["obs"][i])
+                if provenance["buffer_index"][i] >= 0 else None
+                for i in range(len(provenance["buffer_index"]))]
+    finally:
+        frames.close()
+
+
+def save_grid(path: Path, spec, actor_params, provenance, usage=None, images=None) -> Path:
+    """One tile per prototype: the real state it was projected onto, its id, its action
+    Gaussian (mean +- std per action dim, in [-1, 1] policy units) and, when `usage` (share of
+    the evaluated decisions, [K]) is given, its usage; unused prototypes are marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    params = ts.learner.actor_params["params"]
-    means = np.tanh(np.asarray(params["proto_means"]))
-    stds = np.exp(np.asarray(params["proto_log_stds"]))
-    index = np.asarray(ts.provenance.buffer_index)
-    render_state = np.asarray(ts.provenance.render_state)
-    proto_obs = np.asarray(ts.provenance.obs)
-    k = len(index)
+    images = images if images is not None else prototype_images(spec, provenance)
+    means = np.tanh(np.asarray(actor_params["proto_means"]))
+    stds = np.exp(np.asarray(actor_params["proto_log_stds"]))
+    k = len(images)
     cols = min(8, k)
     rows = math.ceil(k / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 2.0 * rows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_aspect("equal")
         if i >= k:
             ax.axis("off")
             continue
-        if index[i] >= 0:
-            drawer(ax, render_state[i], proto_obs[i])
-            title = f"p{i} a={means[i, 0]:+.2f}±{stds[i, 0]:.2f}"
+        gauss = " ".join(f"{m:+.2f}±{s:.2f}" for m, s in zip(means[i, :2], stds[i, :2]))
+        if images[i] is not None:
+            ax.imshow(images[i])
         else:
             ax.text(0.5, 0.5, "not yet\nprojected", ha="center", va="center",
                     transform=ax.transAxes)
-            title = f"p{i}"
-        ax.set_title(title, fontsize=7)
-    source = "captured frames" if loop.spec.uses_reservoir else "buffer states"
-    fig.suptitle(f"{loop.spec.env_id}: {k} prototypes (real {source})", fontsize=9)
+        title = f"p{i}" + (f" use {usage[i]:.0%}" if usage is not None else "")
+        ax.set_title(f"{title}\n{gauss}", fontsize=6.5)
+        if usage is not None and usage[i] < 1.0 / (10 * k):
+            for spine in ax.spines.values():
+                spine.set_edgecolor("#c0392b")
+                spine.set_linewidth(2)
+            ax.text(0.5, 0.05, "unused", color="#c0392b", ha="center", fontsize=7,
+                    transform=ax.transAxes, fontweight="bold")
+    source = "captured frames" if spec.uses_reservoir else "buffer states"
+    fig.suptitle(f"{spec.env_id}: {k} prototypes (real {source}); action mean±std", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

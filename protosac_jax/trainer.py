@@ -177,6 +177,33 @@ def _first_non_finite(metrics: dict[str, Any]) -> str | None:
     return None
 
 
+def _record_video(loop: loops.Loop, ts, run_dir: Path, env_steps: int, quiet: bool) -> bool:
+    """<run>/videos/step_<env_steps>.mp4: one deterministic episode of the current policy,
+    each frame with its top-3 prototypes. False (with a note) if this env cannot render."""
+    from protosac_jax import render, visualize
+
+    try:
+        frames = render.FrameSource(loop.spec)
+    except render.RenderUnavailable as err:
+        if not quiet:
+            print(f"note: no videos ({err})", file=sys.stderr)
+        return False
+    try:
+        episode = visualize.play_episodes(loop.cfg, loop.spec, loop.actor, ts.learner, 1,
+                                          seed=env_steps)[0]
+        thumbs = None
+        if loop.is_proto:
+            provenance = jax.device_get(ts.provenance)
+            thumbs = [frames(provenance.render_state[i], provenance.obs[i])
+                      for i in range(len(provenance.buffer_index))]
+        (run_dir / "videos").mkdir(exist_ok=True)
+        visualize.save_video(run_dir / "videos" / f"step_{env_steps}.mp4", episode, frames,
+                             thumbs, top_k=3)
+    finally:
+        frames.close()
+    return True
+
+
 def make_loop(cfg: TrainConfig, env=None) -> loops.Loop:
     env = env if env is not None else envs.make_env_for(cfg)
     return loops.Loop(env=env, actor=loops.make_actor(cfg, env.spec.action_dim), cfg=cfg)
@@ -281,6 +308,7 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
     best_eval = -math.inf
     last_saved = None
     first_chunk_s = None
+    video_ok = True
 
     def meta(eval_return):
         return {"format_version": checkpoint.FORMAT_VERSION,
@@ -335,6 +363,9 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                 crossed = env_steps // cfg.save_every > (env_steps - steps) // cfg.save_every
                 if last_chunk or crossed or guard.received is not None:
                     last_saved = checkpointer.save(ts, meta(eval_return), cfg.save_buffer)
+                if cfg.video_every and video_ok and \
+                        env_steps // cfg.video_every > (env_steps - steps) // cfg.video_every:
+                    video_ok = _record_video(loop, ts, run_dir, env_steps, quiet)
                 if guard.received is not None:
                     raise Interrupted(f"interrupted at env step {env_steps}; resumable "
                                       f"checkpoint saved: python train.py --resume {run_dir}")

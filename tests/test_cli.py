@@ -108,11 +108,6 @@ def test_help_lists_envs():
         assert name in proc.stdout
 
 
-def test_viz_says_not_yet():
-    proc = run_cli("--ckpt", "x", script="viz.py")
-    assert proc.returncode == 2 and "not yet" in proc.stderr
-
-
 def test_real_short_run_writes_a_loadable_run_directory(tmp_path):
     out = tmp_path / "run"
     proc = run_cli("--env", "pendulum", "--total-steps", "1500", "--learning-starts", "500",

@@ -22,7 +22,8 @@ class CounterEnv(gymnasium.Env):
 
     def __init__(self, terminate_at=None):
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (2,), np.float64)
-        self.action_space = gymnasium.spaces.Box(np.array([0.0, -2.0]), np.array([1.0, 6.0]),
+        self.action_space = gymnasium.spaces.Box(np.array([0.0, -2.0], np.float32),
+                                                 np.array([1.0, 6.0], np.float32),
                                                  dtype=np.float32)
         self.terminate_at = terminate_at
         self.t = 0

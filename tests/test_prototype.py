@@ -156,9 +156,13 @@ def test_projection_puts_each_prototype_exactly_on_an_encoded_buffer_state():
     old = np.asarray(params["params"]["prototypes"])
     new = np.asarray(new_params["params"]["prototypes"])
     index = np.asarray(prov.buffer_index)
+    assert len(set(index.tolist())) == 4  # distinct states
+    first = int(np.argmin([((encoded[:size] - old[k]) ** 2).sum(-1).min() for k in range(4)]))
     for k in range(4):
         d = ((encoded[:size] - old[k]) ** 2).sum(-1)
-        assert index[k] == int(np.argmin(d))  # nearest valid row
+        assert index[k] < size and index[k] in np.argsort(d)[:4]  # among its nearest valid rows
+        if k == first:
+            assert index[k] == int(np.argmin(d))  # the closest prototype gets its nearest row
         np.testing.assert_allclose(new[k], encoded[index[k]], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(np.asarray(prov.obs[k]), np.asarray(buffer_obs[index[k]]))
         assert float(prov.render_state[k, 0]) == index[k]
@@ -188,3 +192,19 @@ def test_refit_after_projection_preserves_the_policy_and_keeps_prototypes():
     assert err_plain > 0.05 and err_refit < 0.3 * err_plain
     stds = np.exp(np.asarray(refit["params"]["proto_log_stds"]))
     assert np.all(np.isfinite(stds)) and np.all(stds > 0)
+
+
+def test_projection_never_puts_two_prototypes_on_the_same_state():
+    actor = _actor()
+    buffer_obs = jax.random.normal(jax.random.PRNGKey(8), (30, 3))
+    params = actor.init(jax.random.PRNGKey(9), buffer_obs)
+    inner = dict(params["params"])
+    inner["prototypes"] = jnp.zeros_like(inner["prototypes"])  # all four identical
+    params = {**params, "params": inner}
+    for chunk in (7, 30):
+        index = np.asarray(prototype.nearest_buffer_states(actor, params, buffer_obs, 30, chunk))
+        d = (np.asarray(actor.encode(params, buffer_obs)) ** 2).sum(-1)
+        assert sorted(index.tolist()) == sorted(np.argsort(d)[:4].tolist())  # 4 nearest rows
+    # fewer valid rows than prototypes: duplicates are unavoidable, still valid rows
+    index = np.asarray(prototype.nearest_buffer_states(actor, params, buffer_obs, 2, 7))
+    assert set(index.tolist()) == {0, 1}

@@ -1,0 +1,369 @@
+"""What `viz.py` exports for a run: evaluation episodes with per-step prototype weights, the
+prototype grid, action-distribution plots, an explained video and a self-contained HTML report.
+
+Library functions; `viz.py` is a thin CLI over `export`. Everything is headless (matplotlib Agg,
+MuJoCo via EGL, Box2D/pygame via SDL's dummy driver, videos via imageio-ffmpeg).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import html
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from protosac_jax import envs, render
+from protosac_jax.prototype import ProtoActor
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame (Box2D rendering) without a display
+
+
+class VizError(ValueError):
+    """A user error for viz.py (one line, exit 2)."""
+
+
+@dataclasses.dataclass
+class Episode:
+    obs: np.ndarray  # [T, *obs_shape]
+    render_states: np.ndarray  # [T, ...] what render.FrameSource draws
+    actions: np.ndarray  # [T, A] policy actions in [-1, 1]
+    weights: np.ndarray | None  # [T, K] prototype weights (None for the baseline)
+    rewards: np.ndarray  # [T]
+
+    @property
+    def ret(self) -> float:
+        return float(np.sum(self.rewards))
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _policy(actor, normalize: bool, learner, obs):
+    """(deterministic action in [-1, 1], prototype weights or an empty [B, 0])."""
+    x = learner.obs_norm.normalize(obs) if normalize else obs
+    action = actor.deterministic(learner.actor_params, x)
+    if isinstance(actor, ProtoActor):
+        return action, actor.forward(learner.actor_params, x).weights
+    return action, jnp.zeros((obs.shape[0], 0))
+
+
+def play_episodes(cfg, spec, actor, learner, num_episodes: int, seed: int = 0,
+                  max_steps: int | None = None) -> list[Episode]:
+    """Deterministic episodes of the policy, recording what viz needs at every step."""
+    env = envs.make_env_for(cfg)
+    max_steps = max_steps or spec.episode_length
+    normalize = bool(cfg.sac.normalize_obs)
+    policy = lambda obs: _policy(actor, normalize, learner, jnp.asarray(obs)[None])  # noqa: E731
+    if getattr(env, "on_host", False):
+        play = _play_gymnasium
+    else:
+        play = _play_device
+    return [play(env, spec, policy, seed + i, max_steps) for i in range(num_episodes)]
+
+
+def _finish(obs, states, actions, weights, rewards, proto: bool) -> Episode:
+    return Episode(obs=np.stack(obs), render_states=np.stack(states),
+                   actions=np.stack(actions).astype(np.float32),
+                   weights=np.stack(weights) if proto else None,
+                   rewards=np.asarray(rewards, np.float32))
+
+
+def _play_device(env, spec, policy, seed, max_steps) -> Episode:
+    reset = jax.jit(env.reset)
+    step = jax.jit(env.step)
+    render_state = jax.jit(env.render_state)
+    key = jax.random.PRNGKey(seed)
+    env_state, obs = reset(key)
+    rows = ([], [], [], [], [])
+    for t in range(max_steps):
+        action, weights = policy(obs)
+        for row, value in zip(rows, (obs, render_state(env_state), action[0], weights[0])):
+            row.append(np.asarray(value))
+        result = step(jax.random.fold_in(key, t), env_state, action[0])
+        rows[4].append(float(result.reward))
+        if bool(result.terminated) or bool(result.truncated):
+            break
+        env_state, obs = result.env_state, result.obs
+    return _finish(*rows, proto=rows[3][0].size > 0)
+
+
+def _play_gymnasium(env, spec, policy, seed, max_steps) -> Episode:
+    from protosac_jax.envs.gym_envs import downscale, rescale_actions
+
+    gym_env = env.make(render=spec.render_kind == "frames")
+    low, high = np.asarray(spec.action_low), np.asarray(spec.action_high)
+    obs, _ = gym_env.reset(seed=seed)
+    rows = ([], [], [], [], [])
+    try:
+        for _ in range(max_steps):
+            obs = np.asarray(obs).astype(spec.obs_dtype)
+            if spec.render_kind == "mujoco":
+                data = gym_env.unwrapped.data
+                state = np.concatenate([data.qpos, data.qvel]).astype(np.float32)
+            elif spec.render_kind == "frames":
+                state = downscale(gym_env.render())
+            else:
+                state = np.zeros((1,), np.float32)
+            action, weights = policy(obs)
+            for row, value in zip(rows, (obs, state, action[0], weights[0])):
+                row.append(np.asarray(value))
+            obs, reward, terminated, truncated, _ = gym_env.step(
+                rescale_actions(np.asarray(action[0]), low, high))
+            rows[4].append(float(reward))
+            if terminated or truncated:
+                break
+    finally:
+        gym_env.close()
+    return _finish(*rows, proto=rows[3][0].size > 0)
+
+
+# --------------------------------------------------------------------------- statistics
+def usage_shares(episodes: list[Episode], num_prototypes: int) -> np.ndarray:
+    """Share of evaluated decisions in which each prototype had the largest weight."""
+    top = np.concatenate([np.argmax(e.weights, axis=-1) for e in episodes])
+    return np.bincount(top, minlength=num_prototypes) / max(len(top), 1)
+
+
+def nearest_evaluated_states(episodes: list[Episode], num_prototypes: int, per_prototype: int):
+    """For each prototype, the (episode, step) of the evaluated states it weighs most."""
+    index = [(e, t) for e, ep in enumerate(episodes) for t in range(len(ep))]
+    weights = np.concatenate([ep.weights for ep in episodes])
+    order = np.argsort(-weights, axis=0)[:per_prototype]  # [n, K]
+    return [[index[i] for i in order[:, k]] for k in range(num_prototypes)]
+
+
+# --------------------------------------------------------------------------- plots
+def save_action_plot(path: Path, spec, actor_params, episodes: list[Episode]) -> Path:
+    """Per action dim: each prototype's (tanh-squashed) Gaussian density and the policy's
+    empirical action histogram over the evaluated episodes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    actions = np.concatenate([e.actions for e in episodes])
+    dims = spec.action_dim
+    fig, axes = plt.subplots(1, dims, figsize=(4.2 * dims, 3.2), squeeze=False)
+    grid = np.linspace(-0.995, 0.995, 400)
+    for d, ax in enumerate(axes[0]):
+        ax.hist(actions[:, d], bins=40, range=(-1, 1), density=True, color="#95a5a6",
+                alpha=0.7, label="policy actions (eval)")
+        if actor_params is not None:
+            means = np.asarray(actor_params["proto_means"])[:, d]
+            stds = np.exp(np.asarray(actor_params["proto_log_stds"]))[:, d]
+            u = np.arctanh(grid)
+            for k, (m, s) in enumerate(zip(means, stds)):
+                density = np.exp(-0.5 * ((u - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))
+                ax.plot(grid, density / (1 - grid**2), linewidth=0.8, alpha=0.7,
+                        label="prototype Gaussians (squashed)" if k == 0 else None)
+        counts, _ = np.histogram(actions[:, d], bins=40, range=(-1, 1), density=True)
+        ax.set_ylim(0, 1.5 * max(float(counts.max()), 1.0))  # Gaussians peaking at +-1 clip
+        low, high = spec.action_low[d], spec.action_high[d]
+        ax.set_title(f"action dim {d} (env range [{low:g}, {high:g}])", fontsize=9)
+        ax.set_xlabel("policy action in [-1, 1]")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- video
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # older Pillow
+        return ImageFont.load_default()
+
+
+def explained_frame(frame: np.ndarray, thumbs, weights, ids, step: int, ret: float,
+                    size: int = 240) -> np.ndarray:
+    """The env frame with, beside it, the top-k prototypes' thumbnails and weights."""
+    from PIL import Image, ImageDraw
+
+    frame_img = Image.fromarray(frame).resize((size, size))
+    thumb = size // max(len(ids), 1) if ids else 0
+    width = size + (thumb + 110 if ids else 0)
+    width += -width % 16  # video codecs want sizes divisible by 16
+    canvas = Image.new("RGB", (width, size + 32), "white")
+    canvas.paste(frame_img, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, size + 4), f"t={step}  return={ret:.1f}", fill="black", font=_font(12))
+    for row, (k, w) in enumerate(zip(ids, weights)):
+        y = row * thumb
+        canvas.paste(Image.fromarray(thumbs[k]).resize((thumb - 4, thumb - 4)), (size + 4, y + 2))
+        x = size + thumb + 4
+        draw.text((x, y + 4), f"p{k}", fill="black", font=_font(13))
+        draw.rectangle([x, y + 24, x + int(100 * w / max(weights)), y + 36], fill="#2980b9")
+        draw.text((x, y + 40), f"w={w:.2f}", fill="black", font=_font(11))
+    return np.asarray(canvas)
+
+
+def save_video(path: Path, episode: Episode, frames: render.FrameSource, thumbs, top_k: int,
+               fps: int = 30) -> int:
+    """The episode as mp4, each frame explained by its top-k prototypes; returns #frames."""
+    import warnings
+
+    import imageio.v2 as imageio
+
+    ret = 0.0
+    with warnings.catch_warnings():
+        # imageio-ffmpeg starts ffmpeg with subprocess (fork + exec at once); JAX's warning
+        # about os.fork in a multithreaded process does not apply to that.
+        warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+        with imageio.get_writer(str(path), fps=fps, codec="libx264", quality=6,
+                                macro_block_size=16, ffmpeg_log_level="error") as writer:
+            for t in range(len(episode)):
+                frame = frames(episode.render_states[t], episode.obs[t])
+                if episode.weights is not None and thumbs is not None:
+                    ids = [int(i) for i in np.argsort(-episode.weights[t])[:top_k]]
+                    weights = [float(episode.weights[t, i]) for i in ids]
+                else:
+                    ids, weights = [], []
+                writer.append_data(explained_frame(frame, thumbs, weights, ids, t, ret))
+                ret += float(episode.rewards[t])
+    return len(episode)
+
+
+def count_video_frames(path: Path) -> int:
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(str(path)) as reader:
+        return sum(1 for _ in reader)
+
+
+# --------------------------------------------------------------------------- report
+def _jpeg_data(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _file_data(path: Path) -> str:
+    kind = "svg+xml" if path.suffix == ".svg" else "png"
+    return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def save_report(path: Path, agent, episodes, files: dict[str, Path], usage, thumbs,
+                nearest, frames: render.FrameSource | None) -> Path:
+    """Self-contained HTML (images embedded as data URIs)."""
+    esc = html.escape
+    spec, cfg, meta = agent.spec, agent.config, agent.meta
+    returns = [e.ret for e in episodes]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>protosac-jax report: {esc(spec.env_id)}</title><style>",
+        "body{font-family:sans-serif;margin:24px;max-width:1200px;color:#222}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "font-size:13px;text-align:right}img{max-width:100%}.tiles img{width:120px;"
+        "margin:2px;border:1px solid #999}.proto{border-top:1px solid #ddd;padding:8px 0}"
+        ".unused{color:#c0392b;font-weight:bold}",
+        "</style></head><body>",
+        f"<h1>{esc(spec.env_id)}: {esc(cfg.algo)} (seed {cfg.seed})</h1>",
+        f"<p>{meta.get('env_steps', '?')} env steps, {meta.get('updates', '?')} updates. "
+        f"Evaluation ({len(episodes)} deterministic episodes): mean return "
+        f"<b>{np.mean(returns):.1f}</b> ± {np.std(returns):.1f} "
+        f"(episodes: {', '.join(f'{r:.1f}' for r in returns)}).</p>",
+    ]
+    if "video" in files:
+        parts.append(f"<p>Video of episode 0 with its top prototypes per frame: "
+                     f"<a href='{esc(files['video'].name)}'>{esc(files['video'].name)}</a></p>")
+    if "prototypes" in files:
+        parts.append("<h2 id='grid'>Prototypes</h2><p>Each tile is the real state the "
+                     "prototype was projected onto, with its action Gaussian.</p>"
+                     f"<img alt='prototype grid' src='{_file_data(files['prototypes'])}'>")
+    parts.append("<h2 id='actions'>Action distributions</h2>"
+                 f"<img alt='action distributions' src='{_file_data(files['actions'])}'>")
+    if usage is not None:
+        params = agent.params["params"]
+        means = np.tanh(np.asarray(params["proto_means"]))
+        stds = np.exp(np.asarray(params["proto_log_stds"]))
+        prov = agent.prototypes
+        parts.append("<h2 id='usage'>Usage</h2><table><tr><th>prototype</th><th>usage (top-1 "
+                     "share of decisions)</th><th>mean weight</th><th>action mean ± std</th>"
+                     "<th>source row</th><th>projected at update</th></tr>")
+        mean_w = np.concatenate([e.weights for e in episodes]).mean(axis=0)
+        k_total = len(usage)
+        for k in range(k_total):
+            flag = " <span class='unused'>unused</span>" if usage[k] < 1 / (10 * k_total) else ""
+            gauss = ", ".join(f"{m:+.2f}±{s:.2f}" for m, s in zip(means[k], stds[k]))
+            parts.append(f"<tr><td><a href='#p{k}'>p{k}</a>{flag}</td><td>{usage[k]:.1%}</td>"
+                         f"<td>{mean_w[k]:.3f}</td><td>{gauss}</td>"
+                         f"<td>{int(prov['buffer_index'][k])}</td>"
+                         f"<td>{int(prov['update_step'][k])}</td></tr>")
+        parts.append("</table><h2>Per prototype</h2>")
+        for k in range(k_total):
+            parts.append(f"<div class='proto' id='p{k}'><h3>p{k}: usage {usage[k]:.1%}</h3>"
+                         "<div class='tiles'>")
+            if thumbs is not None and thumbs[k] is not None:
+                parts.append(f"<img alt='p{k} prototype state' src='{_jpeg_data(thumbs[k])}'>")
+            parts.append("</div><p>Evaluated states that weigh it most:</p><div class='tiles'>")
+            for e, t in nearest[k]:
+                w = episodes[e].weights[t, k]
+                image = frames(episodes[e].render_states[t], episodes[e].obs[t])
+                parts.append(f"<img alt='p{k} near state' title='episode {e} step {t} "
+                             f"w={w:.2f}' src='{_jpeg_data(image)}'>")
+            parts.append("</div></div>")
+    parts.append("</body></html>")
+    Path(path).write_text("\n".join(parts), encoding="utf-8")
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- export
+def export(agent, out: Path, episodes: int = 5, top_k: int = 3, fmt: str = "png",
+           video: bool = True, seed: int = 0, log=print) -> dict[str, Any]:
+    """Everything viz.py writes, into `out`; returns paths and figures (timings, returns)."""
+    t0 = time.perf_counter()
+    spec, cfg = agent.spec, agent.config
+    frames = render.FrameSource(spec)  # RenderUnavailable (viz.py: one line, exit 2)
+    try:
+        eps = play_episodes(cfg, spec, agent.actor, agent.learner, episodes, seed=seed)
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        files: dict[str, Path] = {}
+        usage = thumbs = nearest = None
+        if agent.is_proto:
+            k = cfg.proto.num_prototypes
+            usage = usage_shares(eps, k)
+            nearest = nearest_evaluated_states(eps, k, per_prototype=5)
+            thumbs = [frames(agent.prototypes["render_state"][i], agent.prototypes["obs"][i])
+                      if agent.prototypes["buffer_index"][i] >= 0 else
+                      np.full((160, 160, 3), 255, np.uint8) for i in range(k)]
+            files["prototypes"] = render.save_grid(
+                out / f"prototypes.{fmt}", spec, agent.params["params"], agent.prototypes,
+                usage, images=thumbs)
+        else:
+            log("note: prototype views need a ProtoSAC checkpoint; this is a --baseline (plain "
+                "SAC) run, so only the video and action plots are exported")
+        files["actions"] = save_action_plot(out / f"actions.{fmt}", spec,
+                                            agent.params["params"] if agent.is_proto else None,
+                                            eps)
+        if video:
+            files["video"] = out / "episode.mp4"
+            save_video(files["video"], eps[0], frames, thumbs, top_k)
+        files["report"] = save_report(out / "report.html", agent, eps, files, usage, thumbs,
+                                      nearest, frames)
+    finally:
+        frames.close()
+    summary = {"returns": [e.ret for e in eps], "episode_lengths": [len(e) for e in eps],
+               "files": {k: str(v) for k, v in files.items() if v is not None},
+               "usage": None if usage is None else usage.tolist(),
+               "wall_s": time.perf_counter() - t0}
+    (out / "viz.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,85 @@
+"""Command line of viz.py (see its docstring). Known user errors: one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from protosac_jax.cli import OneLineParser
+from protosac_jax.config import ConfigError
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog="viz.py", description="Export prototype grids, action plots, an "
+                      "explained video and an HTML report for a trained run.")
+    a = p.add_argument
+    a("--ckpt", "--model_path", "--model-path", dest="ckpt",
+      help="run directory (or one checkpoint step directory)")
+    a("--out", "--save_dir", "--save-dir", dest="out", help="output directory (default <run>/viz)")
+    a("--episodes", type=int, default=5, help="evaluation episodes (default 5)")
+    a("--top-k", "--top_k", type=int, default=3, help="prototypes shown per video frame")
+    a("--format", choices=["png", "svg"], default="png", help="figure format")
+    a("--environment", type=int, help="the original's env index (must match the run)")
+    a("--seed", type=int, default=0, help="seed of the first evaluation episode")
+    a("--best", action="store_true", help="use the best-by-eval checkpoint, not the newest")
+    a("--no-video", action="store_true")
+    a("--quiet", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    from protosac_jax import envs
+    from protosac_jax.checkpoint import CheckpointError
+    from protosac_jax.render import RenderUnavailable
+
+    try:
+        args = build_parser().parse_args(argv)
+        if args.ckpt is None:
+            raise ConfigError("--ckpt RUN_DIR is required")
+        if args.episodes < 1 or args.top_k < 1:
+            raise ConfigError("--episodes and --top-k must be >= 1")
+        run = Path(args.ckpt)
+        if not run.exists():
+            raise ConfigError(f"--ckpt {run}: no such run directory")
+        import protosac_jax
+
+        agent = protosac_jax.load(run, best=args.best)
+        if args.environment is not None:
+            wanted = envs.resolve_index(args.environment)
+            if wanted not in (agent.config.env, agent.spec.env_id):
+                raise ConfigError(f"--environment {args.environment} is {wanted}, but the run "
+                                  f"was trained on {agent.config.env}")
+        run_dir = run if (run / "config.json").exists() else run.parents[2]
+        out = Path(args.out) if args.out is not None else run_dir / "viz"
+        _check_out(out)
+        from protosac_jax import visualize
+
+        log = (lambda *a, **k: None) if args.quiet else print
+        summary = visualize.export(agent, out, episodes=args.episodes, top_k=args.top_k,
+                                   fmt=args.format, video=not args.no_video, seed=args.seed,
+                                   log=log)
+    except (ConfigError, CheckpointError, envs.EnvError, RenderUnavailable) as err:
+        print(f"viz.py: error: {err}", file=sys.stderr)
+        return 2
+    returns = summary["returns"]
+    print(f"viz: {len(returns)} episodes, mean return {sum(returns) / len(returns):.1f}; "
+          f"wrote {', '.join(sorted(Path(p).name for p in summary['files'].values()))} "
+          f"to {out} in {summary['wall_s']:.1f} s")
+    return 0
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a directory we can write (existing viz outputs are replaced; nothing else
+    is touched)."""
+    import os
+    import tempfile
+
+    probe_dir = out
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise ConfigError(f"--out {out}: {probe_dir} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".viz-probe-", dir=probe_dir))
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot write in {probe_dir} ({err.strerror})") from None
