@@ -176,38 +176,47 @@ def env_step(loop: Loop, ts: TrainState):
     return record_step(loop, ts.replace(rng=rng, noise=noise), actions, result, render)
 
 
+def _candidates(loop: Loop, ts: TrainState):
+    """Projection candidates: the replay buffer, or the frame reservoir for envs drawn from
+    frames. (obs, render states, number of valid rows)."""
+    if loop.spec.uses_reservoir:
+        return ts.reservoir.data["obs"], ts.reservoir.data["frame"], ts.reservoir.size
+    return ts.buffer.data.obs, ts.buffer.data.render_state, ts.buffer.size
+
+
+def project(loop: Loop, ts: TrainState) -> TrainState:
+    """Project every prototype onto a real state now (and re-fit the Gaussians)."""
+    obs, render, size = _candidates(loop, ts)
+    refit_obs = None
+    if loop.cfg.proto.refit_samples > 0:  # states on which the policy is preserved
+        key = jax.random.fold_in(ts.rng, ts.learner.num_updates)
+        refit_obs = replay.sample(ts.buffer, key, loop.cfg.proto.refit_samples).obs
+    params, provenance = project_prototypes(
+        loop.actor, ts.learner.actor_params, obs, render, size, ts.learner.num_updates,
+        loop.cfg.proto.projection_chunk,
+        obs_transform=lambda o: sac.prepare_obs(ts.learner, o, loop.cfg.sac),
+        refit_obs=refit_obs)
+    return ts.replace(learner=ts.learner.replace(actor_params=params), provenance=provenance)
+
+
 def maybe_project(loop: Loop, ts: TrainState, updates_before) -> TrainState:
     """Project the prototypes when the update count crossed a multiple of projection_every."""
     every = loop.cfg.proto.projection_every
     if not loop.is_proto or every <= 0:
         return ts
-    learner = ts.learner
-    crossed = (learner.num_updates // every) > (updates_before // every)
+    crossed = (ts.learner.num_updates // every) > (updates_before // every)
+    crossed = jnp.logical_and(crossed, _candidates(loop, ts)[2] > 0)
+    return jax.lax.cond(crossed, functools.partial(project, loop), lambda ts: ts, ts)
 
-    # Candidates: the replay buffer, or the frame reservoir for envs drawn from frames.
-    if loop.spec.uses_reservoir:
-        def candidates(ts):
-            return ts.reservoir.data["obs"], ts.reservoir.data["frame"], ts.reservoir.size
-    else:
-        def candidates(ts):
-            return ts.buffer.data.obs, ts.buffer.data.render_state, ts.buffer.size
 
-    def project(ts):
-        obs, render, size = candidates(ts)
-        refit_obs = None
-        if loop.cfg.proto.refit_samples > 0:  # states on which the policy is preserved
-            key = jax.random.fold_in(ts.rng, ts.learner.num_updates)
-            refit_obs = replay.sample(ts.buffer, key, loop.cfg.proto.refit_samples).obs
-        params, provenance = project_prototypes(
-            loop.actor, ts.learner.actor_params, obs, render, size, ts.learner.num_updates,
-            loop.cfg.proto.projection_chunk,
-            obs_transform=lambda o: sac.prepare_obs(ts.learner, o, loop.cfg.sac),
-            refit_obs=refit_obs)
-        return ts.replace(learner=ts.learner.replace(actor_params=params),
-                          provenance=provenance)
-
-    crossed = jnp.logical_and(crossed, candidates(ts)[2] > 0)
-    return jax.lax.cond(crossed, project, lambda ts: ts, ts)
+def needs_final_projection(loop: Loop, ts: TrainState) -> bool:
+    """True when a ProtoSAC run ends without ever having projected (a run shorter than
+    `projection_every` updates): it is projected once at the end so that every prototype is a
+    real state. Runs that projected keep their last projection, which keeps resuming exact."""
+    if not loop.is_proto or loop.cfg.proto.projection_every <= 0:
+        return False
+    never = int(jnp.min(ts.provenance.update_step)) < 0
+    return never and int(ts.learner.num_updates) > 0 and int(_candidates(loop, ts)[2]) > 0
 
 
 def update_step(loop: Loop, ts: TrainState):
@@ -292,6 +301,8 @@ def run_chunk(loop: Loop, ts: TrainState, num_iterations: int):
 
 
 run_chunk_jit = jax.jit(run_chunk, static_argnums=(0, 2), donate_argnums=(1,))
+project_jit = jax.jit(project, static_argnums=(0,), donate_argnums=(1,))
+evaluate_jit = jax.jit(evaluate, static_argnums=(0, 3))
 init_state_jit = jax.jit(init_state, static_argnums=(0,))
 
 

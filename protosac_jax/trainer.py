@@ -177,6 +177,18 @@ def _first_non_finite(metrics: dict[str, Any]) -> str | None:
     return None
 
 
+def _final_projection(loop: loops.Loop, ts, run_chunk):
+    """(state with every prototype projected, deterministic eval return of that policy)."""
+    ts = loops.project_jit(loop, ts)
+    n = loop.cfg.eval_episodes
+    if loop.on_host:
+        returns = run_chunk.evaluate(ts.learner, n)
+    else:
+        key = jax.random.fold_in(ts.rng, 7)  # does not advance the run's RNG
+        returns = loops.evaluate_jit(loop, ts.learner, key, n)
+    return ts, float(np.mean(np.asarray(returns)))
+
+
 def _record_video(loop: loops.Loop, ts, run_dir: Path, env_steps: int, quiet: bool) -> bool:
     """<run>/videos/step_<env_steps>.mp4: one deterministic episode of the current policy,
     each frame with its top-3 prototypes. False (with a note) if this env cannot render."""
@@ -345,6 +357,12 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                     raise TrainingDiverged(
                         f"non-finite {bad} at env step {env_steps} (update {updates}); "
                         f"training stopped, {where}")
+                if index == len(chunks) - 1 and loops.needs_final_projection(loop, ts):
+                    # End on real states: project once more (the re-fit keeps the policy) and
+                    # evaluate the policy that is saved.
+                    metrics["eval/return_mean_before_final_projection"] = \
+                        metrics["eval/return_mean"]
+                    ts, metrics["eval/return_mean"] = _final_projection(loop, ts, run_chunk)
                 history.append({"env_steps": env_steps, **metrics})
                 logger.log(env_steps, metrics)
                 bar.update(steps)

@@ -133,7 +133,24 @@ def test_real_short_run_writes_a_loadable_run_directory(tmp_path):
     explanation = agent.explain(np.array([1.0, 0.0, 0.0]), top_k=3)
     assert explanation["weights"].shape == (8,)
     assert explanation["weights"].sum() == pytest.approx(1.0, rel=1e-5)
-    # 1000 updates with projection every 400: every prototype is a real buffer state
+    # 1000 updates with projection every 400: every prototype is a distinct real buffer state
     index = agent.prototypes["buffer_index"]
     assert index.shape == (8,) and (index >= 0).all() and (index < 1500).all()
+    assert len(set(index.tolist())) == 8
     assert (agent.prototypes["update_step"] == 800).all()
+    assert "eval/return_mean_before_final_projection" not in lines[-1]
+
+
+def test_a_run_shorter_than_projection_every_ends_projected(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("--env", "pendulum", "--total-steps", "1000", "--learning-starts", "500",
+                   "--eval-every", "500", "--eval-episodes", "2", "--num-prototypes", "4",
+                   "--projection-every", "100000", "--out", str(out), "--no-progress",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "eval/return_mean_before_final_projection" in last
+    import protosac_jax
+
+    prov = protosac_jax.load(out).prototypes
+    assert (prov["update_step"] == 500).all() and (prov["buffer_index"] >= 0).all()
