@@ -202,9 +202,9 @@ def _gymnasium_preset(env: str) -> TrainConfig:
             proto=PrototypeConfig(projection_every=10_000))
     if env.startswith("CarRacing"):
         # Pixels: 3 stacked frames, action repeat 2, a NatureCNN per network. 4 envs, one
-        # update per 4 env steps and batch 64 keep a CPU run tolerable (~0.3 s per update on
-        # 2 cores); raise them on a GPU. The buffer stores each frame once (~11 GB at 100k) and
-        # is left out of checkpoints by default (it is the size of the machine's memory).
+        # update per 4 env steps and batch 64 keep a CPU run tolerable (~0.2 s per update on
+        # 2 cores); raise them on a GPU. The buffer stores each frame once (10.3 GiB at 100k)
+        # and is left out of checkpoints by default (it would make each one that large).
         return TrainConfig(
             env=env, num_envs=4, total_steps=500_000, learning_starts=2_000,
             buffer_size=100_000, updates_per_step=0.25, eval_every=10_000, eval_episodes=3,
