@@ -1,4 +1,7 @@
-"""The device training loop: collect + update + projection + eval inside jitted `lax.scan`s.
+"""The training loops: collect + update + projection + eval.
+
+Device envs (gymnax, MJX): everything inside jitted `lax.scan`s (below). Gymnasium envs: the
+same pieces driven by `HostRunner`, one jitted call per host vector step (end of file).
 
 One iteration = every env takes one step (the transitions go into the device buffer), then
 `updates_per_iteration` gradient steps, then a projection of the prototypes if the update
@@ -264,7 +267,9 @@ def evaluate(loop: Loop, learner: sac.SACState, key, num_episodes: int):
 
 
 def summarize(loop: Loop, ts: TrainState, totals, num_iterations: int, returns):
-    """The metrics of a chunk from its running totals (see `chunk_totals`) and eval returns."""
+    """The metrics of a chunk from its totals — (metric sums over the iterations that updated,
+    number of such iterations, sum of returns of finished episodes, number finished) — and the
+    evaluation returns. Shared by the device chunk and the host loop."""
     metric_sums, num_updating, return_sum, count = totals
     # loss metrics averaged over the iterations that updated (NaN -> null if none did)
     out = {k: jnp.where(num_updating > 0, v / jnp.maximum(num_updating, 1), jnp.nan)
