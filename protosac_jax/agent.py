@@ -61,28 +61,21 @@ class Agent:
         return action[0] if single else action
 
     def explain(self, obs, top_k: int = 3) -> dict[str, np.ndarray]:
-        """Prototype weights, the top-k prototypes and each prototype's Gaussian."""
+        """Why this action: weights over prototypes, the top-k prototypes, their distances,
+        the blend's decomposition of the action mean into per-prototype contributions w_k m_k
+        (and shares), each prototype's Gaussian and provenance (see interpret.explain)."""
+        from protosac_jax import interpret
+
         if not self.is_proto:
             raise ValueError("explain() needs a ProtoSAC agent; this checkpoint is a --baseline "
                              "(plain SAC) run, which has no prototypes")
         batch, single = self._batch(obs)
-        out = jax.device_get(_forward(self.actor, self.params, batch))
-        weights = np.asarray(out.weights)
-        top = np.argsort(-weights, axis=-1)[:, :top_k]
-        result = {
-            "weights": weights,
-            "top_k": top,
-            "top_k_weights": np.take_along_axis(weights, top, axis=-1),
-            "distances": np.asarray(out.distances),
-            "proto_means": np.asarray(out.means),
-            "proto_stds": np.exp(np.asarray(out.log_stds)),
-        }
+        result = interpret.explain(self.actor, self.params, batch, top_k)
+        result["top_k_source_row"] = self.prototypes["buffer_index"][result["top_k"]]
         if single:
-            result = {k: (v[0] if k in ("weights", "top_k", "top_k_weights", "distances")
-                          else v) for k, v in result.items()}
+            result = {k: (v if k in ("proto_means", "proto_stds") else v[0])
+                      for k, v in result.items()}
         return result
-
-
 
 
 # Module-level jitted helpers: the actor (a frozen, hashable dataclass) is a static argument,
@@ -95,11 +88,6 @@ def _deterministic(actor, params, obs):
 @functools.partial(jax.jit, static_argnums=0)
 def _stochastic(actor, params, obs, noise, key):
     return actor.act(params, obs, noise, key)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(actor, params, obs):
-    return actor.forward(params, obs)
 
 
 def load(path, step: int | None = None, best: bool = False) -> Agent:

@@ -235,7 +235,10 @@ class ProtoActor:
         loss = (self.cfg.ortho_coef * ortho + self.cfg.weight_entropy_coef * weight_entropy
                 - self.cfg.usage_entropy_coef * usage_entropy
                 + self.cfg.proximity_coef * proximity)
+        usage = jnp.mean(out.weights, axis=0)
         return loss, {
+            # prototypes whose batch usage is below 1/(10 K): effectively unused
+            "proto/dead": jnp.sum(usage < 0.1 / usage.shape[0]).astype(jnp.float32),
             "proto/orthogonality": ortho,
             "proto/weight_entropy": weight_entropy,
             "proto/usage_entropy": usage_entropy,

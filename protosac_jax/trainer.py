@@ -337,7 +337,7 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                     metrics = {k: v for k, v in metrics.items() if v is not None
                                or not k.startswith(("losses/", "charts/alpha", "charts/entropy",
                                                     "proto/orthogonality", "proto/weight_",
-                                                    "proto/usage", "proto/proximity"))}
+                                                    "proto/usage", "proto/proximity", "proto/dead"))}
                 elapsed = time.perf_counter() - t0
                 if first_chunk_s is None:
                     first_chunk_s = time.perf_counter() - t_start

@@ -60,12 +60,17 @@ def _policy(actor, normalize: bool, learner, obs):
 
 
 def play_episodes(cfg, spec, actor, learner, num_episodes: int, seed: int = 0,
-                  max_steps: int | None = None) -> list[Episode]:
-    """Deterministic episodes of the policy, recording what viz needs at every step."""
+                  max_steps: int | None = None, policy=None) -> list[Episode]:
+    """Deterministic episodes of the policy, recording what viz needs at every step.
+
+    `policy(obs) -> (actions [1, A], weights [1, K])` replaces the agent's own deterministic
+    policy (interpret.masked_policy uses it).
+    """
     env = envs.make_env_for(cfg)
     max_steps = max_steps or spec.episode_length
     normalize = bool(cfg.sac.normalize_obs)
-    policy = lambda obs: _policy(actor, normalize, learner, jnp.asarray(obs)[None])  # noqa: E731
+    if policy is None:
+        policy = lambda obs: _policy(actor, normalize, learner, jnp.asarray(obs)[None])  # noqa: E731
     if getattr(env, "on_host", False):
         play = _play_gymnasium
     else:
@@ -367,3 +372,65 @@ def export(agent, out: Path, episodes: int = 5, top_k: int = 3, fmt: str = "png"
                "wall_s": time.perf_counter() - t0}
     (out / "viz.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+# --------------------------------------------------------------------------- faithfulness
+def export_faithfulness(agent, out: Path, ks=(1, 2, 4, 8), episodes: int = 3, seed: int = 0,
+                        fmt: str = "png") -> dict[str, Any]:
+    """The deletion test (interpret.py) on the states of `episodes` evaluation episodes:
+    faithfulness.json (k, action_change_top/random, return_top/random, return_full) and
+    faithfulness.png."""
+    from protosac_jax import interpret
+
+    t0 = time.perf_counter()
+    spec, cfg = agent.spec, agent.config
+    k_max = cfg.proto.num_prototypes
+    ks = [int(k) for k in ks if 0 < int(k) < k_max]
+    if not ks:
+        raise VizError(f"--ks needs values in 1..{k_max - 1}")
+    eps = play_episodes(cfg, spec, agent.actor, agent.learner, episodes, seed=seed)
+    obs = jnp.asarray(np.concatenate([e.obs for e in eps]))
+    if cfg.sac.normalize_obs:
+        obs = agent.learner.obs_norm.normalize(obs)
+    result = {"k": ks, **interpret.action_change_curves(agent.actor, agent.params, obs, ks, seed),
+              "return_full": float(np.mean([e.ret for e in eps])), "return_top": [],
+              "return_random": [], "episodes": episodes, "states": int(obs.shape[0])}
+    normalize = bool(cfg.sac.normalize_obs)
+    for k in ks:
+        for mode in ("top", "random"):
+            policy = interpret.masked_policy(agent.actor, normalize, agent.learner, k, mode, seed)
+            played = play_episodes(cfg, spec, agent.actor, agent.learner, episodes, seed=seed,
+                                   policy=policy)
+            result[f"return_{mode}"].append(float(np.mean([e.ret for e in played])))
+    top, rand = result["action_change_top"], result["action_change_random"]
+    result["top1_vs_random_ratio"] = top[0] / max(rand[0], 1e-12) if ks[0] == 1 else None
+    result["wall_s"] = time.perf_counter() - t0
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "faithfulness.json").write_text(json.dumps(result, indent=2))
+    _faithfulness_plot(out / f"faithfulness.{fmt}", spec, result)
+    return result
+
+
+def _faithfulness_plot(path: Path, spec, result) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.plot(result["k"], result["action_change_top"], "o-", label="delete top-k")
+    a.plot(result["k"], result["action_change_random"], "s--", label="delete k random")
+    a.set_xlabel("prototypes deleted (k)")
+    a.set_ylabel("mean L2 action change")
+    a.legend(fontsize=8)
+    b.plot(result["k"], result["return_top"], "o-", label="delete top-k")
+    b.plot(result["k"], result["return_random"], "s--", label="delete k random")
+    b.axhline(result["return_full"], color="gray", linewidth=1, label="all prototypes")
+    b.set_xlabel("prototypes deleted (k)")
+    b.set_ylabel(f"return ({result['episodes']} episodes)")
+    b.legend(fontsize=8)
+    fig.suptitle(f"{spec.env_id}: deletion test", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

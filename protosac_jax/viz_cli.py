@@ -23,12 +23,15 @@ def build_parser() -> OneLineParser:
     a("--seed", type=int, default=0, help="seed of the first evaluation episode")
     a("--best", action="store_true", help="use the best-by-eval checkpoint, not the newest")
     a("--no-video", action="store_true")
+    a("--faithfulness", action="store_true",
+      help="run the deletion test instead: faithfulness.json and faithfulness.png")
+    a("--ks", default="1,2,4,8", help="numbers of prototypes deleted (--faithfulness)")
     a("--quiet", action="store_true")
     return p
 
 
 def main(argv=None) -> int:
-    from protosac_jax import envs
+    from protosac_jax import envs, visualize
     from protosac_jax.checkpoint import CheckpointError
     from protosac_jax.render import RenderUnavailable
 
@@ -52,13 +55,29 @@ def main(argv=None) -> int:
         run_dir = run if (run / "config.json").exists() else run.parents[2]
         out = Path(args.out) if args.out is not None else run_dir / "viz"
         _check_out(out)
-        from protosac_jax import visualize
-
+        if args.faithfulness:
+            if not agent.is_proto:
+                raise ConfigError("--faithfulness needs a ProtoSAC checkpoint; this is a "
+                                  "--baseline (plain SAC) run")
+            try:
+                ks = [int(k) for k in args.ks.split(",") if k.strip()]
+            except ValueError:
+                raise ConfigError(f"--ks expects comma-separated ints, got {args.ks!r}") from None
+            result = visualize.export_faithfulness(agent, out, ks, episodes=args.episodes,
+                                                   seed=args.seed, fmt=args.format)
+            print(f"faithfulness: k={result['k']} action change top "
+                  f"{[round(x, 3) for x in result['action_change_top']]} vs random "
+                  f"{[round(x, 3) for x in result['action_change_random']]}; return top "
+                  f"{[round(x, 1) for x in result['return_top']]} vs random "
+                  f"{[round(x, 1) for x in result['return_random']]} (all: "
+                  f"{result['return_full']:.1f}) -> {out}")
+            return 0
         log = (lambda *a, **k: None) if args.quiet else print
         summary = visualize.export(agent, out, episodes=args.episodes, top_k=args.top_k,
                                    fmt=args.format, video=not args.no_video, seed=args.seed,
                                    log=log)
-    except (ConfigError, CheckpointError, envs.EnvError, RenderUnavailable) as err:
+    except (ConfigError, CheckpointError, envs.EnvError, RenderUnavailable,
+            visualize.VizError) as err:
         print(f"viz.py: error: {err}", file=sys.stderr)
         return 2
     returns = summary["returns"]

@@ -167,3 +167,18 @@ def test_report_renders_in_headless_chromium(pendulum_run, tmp_path):
 
     image = np.asarray(Image.open(shot).convert("RGB"))
     assert image.shape[0] >= 1000 and image.std() > 20  # the page drew images, not a blank
+
+
+def test_faithfulness_export(pendulum_run, tmp_path):
+    out = tmp_path / "faith"
+    proc = run_cli("--ckpt", str(pendulum_run), "--faithfulness", "--ks", "1,2,4",
+                   "--episodes", "1", "--out", str(out), script="viz.py")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "faithfulness.json").read_text())
+    assert result["k"] == [1, 2, 4] and (out / "faithfulness.png").is_file()
+    for key in ("action_change_top", "action_change_random", "return_top", "return_random"):
+        assert len(result[key]) == 3 and all(np.isfinite(result[key]))
+    assert result["states"] == 200
+    proc = run_cli("--ckpt", str(pendulum_run), "--faithfulness", "--ks", "0,99",
+                   "--out", str(tmp_path / "bad"), script="viz.py")
+    assert proc.returncode == 2 and "--ks needs values in 1..7" in proc.stderr
