@@ -1,10 +1,12 @@
 """protosac-jax: ProtoSAC (prototype-based Soft Actor-Critic) in JAX."""
 
 import os as _os
+import sys as _sys
 
-# Headless MuJoCo rendering (prototype tiles, videos): EGL unless the user chose a backend or
-# has a display. Must be set before mujoco is first imported.
-if "MUJOCO_GL" not in _os.environ and not _os.environ.get("DISPLAY"):
+# Headless MuJoCo rendering (prototype tiles, videos) on Linux: EGL unless the user chose a
+# backend or has a display. Must be set before mujoco is first imported.
+if (_sys.platform.startswith("linux") and "MUJOCO_GL" not in _os.environ
+        and not _os.environ.get("DISPLAY")):
     _os.environ["MUJOCO_GL"] = "egl"
 
 from protosac_jax.config import ConfigError, PrototypeConfig, SACConfig, TrainConfig, preset
