@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from protosac_jax.checkpoint import load_policy
+from protosac_jax.envs.base import rescale_actions
 from protosac_jax.prototype import ProtoActor
 
 
@@ -56,8 +57,7 @@ class Agent:
             noise = jax.random.normal(key, (batch.shape[0], self.spec.action_dim))
             action = _stochastic(self.actor, self.params, batch, noise,
                                  jax.random.fold_in(key, 1))
-        low, high = np.asarray(self.spec.action_low), np.asarray(self.spec.action_high)
-        action = low + (np.asarray(action) + 1.0) * 0.5 * (high - low)
+        action = rescale_actions(action, self.spec.action_low, self.spec.action_high)
         return action[0] if single else action
 
     def explain(self, obs, top_k: int = 3) -> dict[str, np.ndarray]:

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from protosac_jax import sac
+
 
 def masked_weights(weights, keep):
     """Weights with the prototypes where `keep` is 0 removed, renormalised over the rest."""
@@ -100,14 +102,14 @@ def action_change_curves(actor, params, obs, ks, seed: int = 0) -> dict[str, lis
     return {"action_change_top": top, "action_change_random": rand}
 
 
-def masked_policy(actor, normalize: bool, learner, k: int, mode: str, seed: int = 0):
+def masked_policy(actor, sac_cfg, learner, k: int, mode: str, seed: int = 0):
     """A policy for `visualize.play_episodes` that deletes the top-k (mode "top") or k random
     (mode "random", redrawn every step) prototypes from every decision."""
     counter = [0]
 
     @jax.jit
     def step(obs, key):
-        x = learner.obs_norm.normalize(obs) if normalize else obs
+        x = sac.prepare_obs(learner, obs, sac_cfg)
         out = actor.forward(learner.actor_params, x)
         keep = top_k_mask(out.weights, k) if mode == "top" else \
             random_k_mask(key, out.weights, k)

@@ -53,7 +53,6 @@ class MujocoStateRenderer:
     """rgb frames of Gymnasium MuJoCo states given as qpos ++ qvel."""
 
     def __init__(self, env_id: str, size: int = 160):
-        os.environ.setdefault("MUJOCO_GL", "egl")
         from protosac_jax.envs.gym_envs import GymEnv
 
         try:
@@ -62,7 +61,7 @@ class MujocoStateRenderer:
             self.env.render()
         except Exception as err:  # noqa: BLE001 - no GL context on this machine
             raise RenderUnavailable(
-                f"cannot render {env_id} headless with MUJOCO_GL={os.environ['MUJOCO_GL']} "
+                f"cannot render {env_id} headless with MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
                 f"({type(err).__name__}); try MUJOCO_GL=osmesa") from None
         self.nq = self.env.unwrapped.model.nq
 
@@ -174,24 +173,33 @@ class FrameSource:
             self._renderer.close()
 
 
+def provenance_arrays(provenance) -> dict:
+    """A training state's Provenance as the numpy dict that `load` returns."""
+    return {"buffer_index": np.asarray(provenance.buffer_index),
+            "render_state": np.asarray(provenance.render_state),
+            "obs": np.asarray(provenance.obs)}
+
+
 def save_prototype_grid(path: Path, loop, ts, usage=None) -> Path:
     """Prototype grid of a training state (see `save_grid`)."""
-    params = ts.learner.actor_params["params"]
-    provenance = {"buffer_index": np.asarray(ts.provenance.buffer_index),
-                  "render_state": np.asarray(ts.provenance.render_state),
-                  "obs": np.asarray(ts.provenance.obs)}
-    return save_grid(path, loop.spec, params, provenance, usage)
+    return save_grid(path, loop.spec, ts.learner.actor_params["params"],
+                     provenance_arrays(ts.provenance), usage)
 
 
-def prototype_images(spec, provenance, size: int = 160) -> list:
-    """One picture per prototype (None where it has not been projected yet)."""
-    frames = FrameSource(spec, size)
+def prototype_images(spec, provenance, frames: FrameSource | None = None,
+                     blank: bool = False) -> list:
+    """One picture per prototype; where it has not been projected yet None, or a white tile
+    with `blank`. Uses `frames` when given, else a FrameSource of its own."""
+    own = frames is None
+    frames = FrameSource(spec) if own else frames
     try:
         return [frames(provenance["render_state"][i], provenance["obs"][i])
-                if provenance["buffer_index"][i] >= 0 else None
+                if provenance["buffer_index"][i] >= 0 else
+                (np.full((160, 160, 3), 255, np.uint8) if blank else None)
                 for i in range(len(provenance["buffer_index"]))]
     finally:
-        frames.close()
+        if own:
+            frames.close()
 
 
 def save_grid(path: Path, spec, actor_params, provenance, usage=None, images=None) -> Path:

@@ -56,8 +56,9 @@ def default_run_dir(cfg: TrainConfig, root: str = "checkpoints") -> Path:
     return Path(root) / f"{cfg.env}-{cfg.algo}-{cfg.seed}-{stamp}"
 
 
-def check_writable_dir(path: Path) -> None:
-    """ConfigError unless `path` is (or can be created as) a writable directory.
+def check_writable_dir(path: Path, must_be_empty: bool = True) -> None:
+    """ConfigError unless `path` is (or can be created as) a writable directory; with
+    `must_be_empty` an existing non-empty directory (a run) is refused too.
 
     Creates nothing: called before any output is written.
     """
@@ -65,21 +66,22 @@ def check_writable_dir(path: Path) -> None:
     if path.exists():
         if not path.is_dir():
             raise ConfigError(f"--out {path} exists and is not a directory")
-        if any(path.iterdir()):
+        if must_be_empty and any(path.iterdir()):
             raise ConfigError(f"--out {path} is not empty; refusing to overwrite a run")
         if not os.access(path, os.W_OK):
             raise ConfigError(f"--out {path} is not writable")
-        return
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"--out {path}: {parent} is not a directory")
+        probe_dir = path
+    else:
+        probe_dir = path.parent
+        while not probe_dir.exists():
+            probe_dir = probe_dir.parent
+        if not probe_dir.is_dir():
+            raise ConfigError(f"--out {path}: {probe_dir} is not a directory")
     # os.access says yes to root everywhere; only trying tells (the probe is removed at once).
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".protosac-probe-", dir=parent))
+        os.rmdir(tempfile.mkdtemp(prefix=".protosac-probe-", dir=probe_dir))
     except OSError as err:
-        raise ConfigError(f"--out {path}: cannot write in {parent} ({err.strerror})") from None
+        raise ConfigError(f"--out {path}: cannot write in {probe_dir} ({err.strerror})") from None
 
 
 class Interrupted(RuntimeError):
@@ -205,9 +207,8 @@ def _record_video(loop: loops.Loop, ts, run_dir: Path, env_steps: int, quiet: bo
                                           seed=env_steps)[0]
         thumbs = None
         if loop.is_proto:
-            provenance = jax.device_get(ts.provenance)
-            thumbs = [frames(provenance.render_state[i], provenance.obs[i])
-                      for i in range(len(provenance.buffer_index))]
+            thumbs = render.prototype_images(loop.spec, render.provenance_arrays(ts.provenance),
+                                             frames, blank=True)
         (run_dir / "videos").mkdir(exist_ok=True)
         visualize.save_video(run_dir / "videos" / f"step_{env_steps}.mp4", episode, frames,
                              thumbs, top_k=3)

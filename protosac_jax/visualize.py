@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from protosac_jax import envs, render
+from protosac_jax import envs, render, sac
 from protosac_jax.prototype import ProtoActor
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame (Box2D rendering) without a display
@@ -50,9 +50,9 @@ class Episode:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _policy(actor, normalize: bool, learner, obs):
+def _policy(actor, sac_cfg, learner, obs):
     """(deterministic action in [-1, 1], prototype weights or an empty [B, 0])."""
-    x = learner.obs_norm.normalize(obs) if normalize else obs
+    x = sac.prepare_obs(learner, obs, sac_cfg)
     action = actor.deterministic(learner.actor_params, x)
     if isinstance(actor, ProtoActor):
         return action, actor.forward(learner.actor_params, x).weights
@@ -68,9 +68,8 @@ def play_episodes(cfg, spec, actor, learner, num_episodes: int, seed: int = 0,
     """
     env = envs.make_env_for(cfg)
     max_steps = max_steps or spec.episode_length
-    normalize = bool(cfg.sac.normalize_obs)
     if policy is None:
-        policy = lambda obs: _policy(actor, normalize, learner, jnp.asarray(obs)[None])  # noqa: E731
+        policy = lambda obs: _policy(actor, cfg.sac, learner, jnp.asarray(obs)[None])  # noqa: E731
     if getattr(env, "on_host", False):
         play = _play_gymnasium
     else:
@@ -347,9 +346,7 @@ def export(agent, out: Path, episodes: int = 5, top_k: int = 3, fmt: str = "png"
             k = cfg.proto.num_prototypes
             usage = usage_shares(eps, k)
             nearest = nearest_evaluated_states(eps, k, per_prototype=5)
-            thumbs = [frames(agent.prototypes["render_state"][i], agent.prototypes["obs"][i])
-                      if agent.prototypes["buffer_index"][i] >= 0 else
-                      np.full((160, 160, 3), 255, np.uint8) for i in range(k)]
+            thumbs = render.prototype_images(spec, agent.prototypes, frames, blank=True)
             files["prototypes"] = render.save_grid(
                 out / f"prototypes.{fmt}", spec, agent.params["params"], agent.prototypes,
                 usage, images=thumbs)
@@ -389,16 +386,14 @@ def export_faithfulness(agent, out: Path, ks=(1, 2, 4, 8), episodes: int = 3, se
     if not ks:
         raise VizError(f"--ks needs values in 1..{k_max - 1}")
     eps = play_episodes(cfg, spec, agent.actor, agent.learner, episodes, seed=seed)
-    obs = jnp.asarray(np.concatenate([e.obs for e in eps]))
-    if cfg.sac.normalize_obs:
-        obs = agent.learner.obs_norm.normalize(obs)
+    obs = sac.prepare_obs(agent.learner, jnp.asarray(np.concatenate([e.obs for e in eps])),
+                          cfg.sac)
     result = {"k": ks, **interpret.action_change_curves(agent.actor, agent.params, obs, ks, seed),
               "return_full": float(np.mean([e.ret for e in eps])), "return_top": [],
               "return_random": [], "episodes": episodes, "states": int(obs.shape[0])}
-    normalize = bool(cfg.sac.normalize_obs)
     for k in ks:
         for mode in ("top", "random"):
-            policy = interpret.masked_policy(agent.actor, normalize, agent.learner, k, mode, seed)
+            policy = interpret.masked_policy(agent.actor, cfg.sac, agent.learner, k, mode, seed)
             played = play_episodes(cfg, spec, agent.actor, agent.learner, episodes, seed=seed,
                                    policy=policy)
             result[f"return_{mode}"].append(float(np.mean([e.ret for e in played])))

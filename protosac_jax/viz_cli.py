@@ -54,7 +54,9 @@ def main(argv=None) -> int:
                                   f"was trained on {agent.config.env}")
         run_dir = run if (run / "config.json").exists() else run.parents[2]
         out = Path(args.out) if args.out is not None else run_dir / "viz"
-        _check_out(out)
+        from protosac_jax.trainer import check_writable_dir
+
+        check_writable_dir(out, must_be_empty=False)  # viz outputs in it are replaced
         if args.faithfulness:
             if not agent.is_proto:
                 raise ConfigError("--faithfulness needs a ProtoSAC checkpoint; this is a "
@@ -86,19 +88,3 @@ def main(argv=None) -> int:
           f"to {out} in {summary['wall_s']:.1f} s")
     return 0
 
-
-def _check_out(out: Path) -> None:
-    """--out must be a directory we can write (existing viz outputs are replaced; nothing else
-    is touched)."""
-    import os
-    import tempfile
-
-    probe_dir = out
-    while not probe_dir.exists():
-        probe_dir = probe_dir.parent
-    if not probe_dir.is_dir():
-        raise ConfigError(f"--out {out}: {probe_dir} is not a directory")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".viz-probe-", dir=probe_dir))
-    except OSError as err:
-        raise ConfigError(f"--out {out}: cannot write in {probe_dir} ({err.strerror})") from None

@@ -14,6 +14,13 @@ import numpy as np
 FRAME_SHAPE = (96, 144, 3)
 
 
+def rescale_actions(actions, low, high):
+    """[-1, 1] -> [low, high] per dim (clipped first, so float error never leaves the box)."""
+    actions = np.clip(np.asarray(actions, np.float64), -1.0, 1.0)
+    return np.asarray(low, np.float64) + (actions + 1.0) * 0.5 * (
+        np.asarray(high, np.float64) - np.asarray(low, np.float64))
+
+
 class EnvError(ValueError):
     """An env name/index that cannot be used (the CLI turns this into one line, exit 2)."""
 

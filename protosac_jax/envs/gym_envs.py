@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from protosac_jax.envs.base import FRAME_SHAPE, EnvError, EnvSpec
+from protosac_jax.envs.base import FRAME_SHAPE, EnvError, EnvSpec, rescale_actions
 
 
 def _gym():
@@ -174,12 +174,6 @@ def _spec(env_id: str, frame_stack: int, action_repeat: int) -> EnvSpec:
             if pixels and frame_stack > 1 else 0)
     finally:
         env.close()
-
-
-def rescale_actions(actions, low, high):
-    """[-1, 1] -> [low, high] per dim (clipped first, so float error never leaves the box)."""
-    actions = np.clip(np.asarray(actions, np.float64), -1.0, 1.0)
-    return low + (actions + 1.0) * 0.5 * (high - low)
 
 
 def downscale(frame: np.ndarray, shape=FRAME_SHAPE) -> np.ndarray:
