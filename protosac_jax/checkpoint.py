@@ -138,6 +138,45 @@ class Checkpointer:
         self.best.close()
 
 
+def save_agent(run_dir: Path, agent) -> Path:
+    """Write an inference-only run directory for `agent` (e.g. a pruned one,
+    `interpret.prune_agent`): config.json and ckpt/latest/<step> with learner, provenance and
+    meta. `load` / viz.py read it like any run; it cannot be resumed (no env/buffer state)."""
+    from protosac_jax import config as config_lib
+    from protosac_jax.prototype import Provenance
+
+    ocp = _ocp()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config_lib.to_json(agent.config))
+    provenance = Provenance(**{k: np.asarray(v) for k, v in agent.prototypes.items()})
+    step = int(agent.meta.get("env_steps", 0))
+    meta = {**agent.meta, "buffer_saved": False, "inference_only": True}
+    with ocp.CheckpointManager((run_dir / "ckpt" / "latest").absolute(),
+                               options=ocp.CheckpointManagerOptions(
+                                   create=True, enable_async_checkpointing=False),
+                               item_names=ITEMS_BEST) as manager:
+        manager.save(step, args=ocp.args.Composite(
+            learner=ocp.args.StandardSave(agent.learner),
+            provenance=ocp.args.StandardSave(provenance),
+            meta=ocp.args.JsonSave(meta)), force=True)
+        manager.wait_until_finished()
+    return run_dir
+
+
+def is_inference_only(run_dir: Path) -> bool:
+    """True for a run directory written by `save_agent` (safe for viz.py to replace)."""
+    directory = Path(run_dir) / "ckpt" / "latest"
+    steps = _steps(directory)
+    if not (Path(run_dir) / "config.json").is_file() or not steps:
+        return False
+    path = directory / str(steps[0]) / "meta" / "metadata"
+    try:
+        return bool(json.loads(path.read_text()).get("inference_only"))
+    except (OSError, ValueError):
+        return False
+
+
 # ----------------------------------------------------------------------------- reading
 def read_config(run_dir: Path):
     from protosac_jax import config as config_lib
@@ -216,6 +255,10 @@ def restore_train_state(run_dir: Path, loop, step: int | None = None):
     for candidate in candidates:
         try:
             meta = _read_meta(directory, candidate)
+            if meta.get("inference_only"):
+                raise CheckpointError(
+                    f"{run_dir} holds an inference-only agent (e.g. written by viz.py --prune); "
+                    "it has no env or buffer state to resume from")
             items = {"learner": template.learner, "provenance": template.provenance,
                      "loop": _loop_part(template), "meta": None}
             if meta.get("buffer_saved"):

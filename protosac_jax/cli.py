@@ -67,6 +67,8 @@ def build_parser() -> OneLineParser:
     a("--similarity", choices=["log", "rbf", "softmax"])
     a("--distribution", choices=["blend", "mixture"])
     a("--projection-every", type=int, help="updates between projections (0 = off)")
+    a("--proto-init", "--proto_init", choices=["random", "kmeans"],
+      help="prototype init: random (default) or k-means of encoded warm-up states")
     a("--hidden", type=parse_sizes, help="network widths, e.g. 256,256")
     a("--lr", type=float, help="learning rate of actor, critic and temperature")
     a("--batch-size", type=int)
@@ -133,7 +135,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     top.update(run_flags(args))
     for flag, field in [("num_prototypes", "num_prototypes"), ("latent_dim", "latent_dim"),
                         ("similarity", "similarity"), ("distribution", "distribution"),
-                        ("projection_every", "projection_every")]:
+                        ("projection_every", "projection_every"), ("proto_init", "init")]:
         if getattr(args, flag) is not None:
             proto[field] = getattr(args, flag)
     for flag, field in [("hidden", "hidden_sizes"), ("batch_size", "batch_size"),

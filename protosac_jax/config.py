@@ -61,6 +61,11 @@ class PrototypeConfig:
     # replay states so the policy survives the projection (prototype.refit_heads); 0 = off.
     refit_samples: int = 4096
     refit_ridge: float = 1e-3
+    # Prototype initialisation: "random" (N(0, 1) in latent space) or "kmeans" (at the first
+    # gradient update, Lloyd's k-means of `kmeans_samples` encoded warm-up states).
+    init: str = "random"
+    kmeans_samples: int = 4096
+    kmeans_iters: int = 25
     init_log_std: float = 0.0
     log_std_min: float = -5.0
     log_std_max: float = 2.0
@@ -125,6 +130,8 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.proto.latent_dim >= 1, "--latent-dim must be >= 1"),
         (cfg.proto.similarity in ("log", "rbf", "softmax"),
          f"--similarity must be log, rbf or softmax (got {cfg.proto.similarity!r})"),
+        (cfg.proto.init in ("random", "kmeans"),
+         f"--proto-init must be random or kmeans (got {cfg.proto.init!r})"),
         (cfg.proto.distribution in ("blend", "mixture"),
          f"--distribution must be blend or mixture (got {cfg.proto.distribution!r})"),
         (cfg.proto.temperature > 0, "--temperature must be > 0"),

@@ -121,3 +121,63 @@ def masked_policy(actor, sac_cfg, learner, k: int, mode: str, seed: int = 0):
         return step(jnp.asarray(obs)[None], jax.random.PRNGKey(seed * 1_000_003 + counter[0]))
 
     return policy
+
+
+# ----------------------------------------------------------------------------- pruning
+PROTOTYPE_LEAVES = ("prototypes", "proto_means", "proto_log_stds")
+
+
+def usage_mass(weights) -> np.ndarray:
+    """Each prototype's share of all weight over a set of states: mean_b w[b, k] (sums to 1)."""
+    return np.asarray(weights, np.float64).mean(axis=0)
+
+
+def keep_for_share(usage, share: float) -> np.ndarray:
+    """Indices of the fewest most-used prototypes whose usage adds up to >= `share`
+    (most used first)."""
+    order = np.argsort(-np.asarray(usage), kind="stable")
+    cumulative = np.cumsum(np.asarray(usage)[order]) / max(float(np.sum(usage)), 1e-30)
+    n = int(np.searchsorted(cumulative, share - 1e-9) + 1)
+    return order[:min(n, len(order))]
+
+
+def prune_tree(tree, keep, num_prototypes: int):
+    """Keep rows `keep` of every prototype-indexed leaf (prototypes, proto_means,
+    proto_log_stds, wherever they appear: actor params and their optimizer moments)."""
+    keep = jnp.asarray(keep)
+
+    def cut(path, leaf):
+        name = getattr(path[-1], "key", None) if path else None
+        if name in PROTOTYPE_LEAVES and getattr(leaf, "ndim", 0) >= 1 \
+                and leaf.shape[0] == num_prototypes:
+            return leaf[keep]
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(cut, tree)
+
+
+def prune_agent(agent, keep):
+    """A new `Agent` with only the prototypes `keep` (in that order): smaller K in its config,
+    actor params, actor optimizer state and provenance sliced. Because the weights are
+    normalised similarities, the pruned agent acts exactly like the original with the other
+    prototypes masked out and the weights renormalised (`masked_weights`)."""
+    import dataclasses
+
+    from protosac_jax import loops
+
+    if not agent.is_proto:
+        raise ValueError("pruning needs a ProtoSAC agent; this is a --baseline (plain SAC) run")
+    keep = np.asarray(keep, np.int64)
+    num = agent.config.proto.num_prototypes
+    if keep.size < 1 or keep.min() < 0 or keep.max() >= num or len(set(keep.tolist())) != keep.size:
+        raise ValueError(f"keep must be distinct prototype indices in 0..{num - 1}")
+    cfg = dataclasses.replace(agent.config, proto=dataclasses.replace(
+        agent.config.proto, num_prototypes=int(keep.size)))
+    learner = agent.learner.replace(
+        actor_params=prune_tree(agent.learner.actor_params, keep, num),
+        actor_opt_state=prune_tree(agent.learner.actor_opt_state, keep, num))
+    prototypes = {k: np.asarray(v)[keep] for k, v in agent.prototypes.items()}
+    meta = {**agent.meta, "pruned_from": num, "kept_prototypes": keep.tolist()}
+    return dataclasses.replace(agent, config=cfg, actor=loops.make_actor(cfg,
+                                                                          agent.spec.action_dim),
+                               learner=learner, prototypes=prototypes, meta=meta)

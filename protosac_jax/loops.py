@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from protosac_jax import replay, sac
+from protosac_jax import prototype, replay, sac
 from protosac_jax.config import TrainConfig
 from protosac_jax.envs.base import StepResult
 from protosac_jax.prototype import ProtoActor, Provenance, project_prototypes
@@ -222,8 +222,26 @@ def needs_final_projection(loop: Loop, ts: TrainState) -> bool:
     return never and int(ts.learner.num_updates) > 0 and int(_candidates(loop, ts)[2]) > 0
 
 
+def kmeans_init(loop: Loop, ts: TrainState) -> TrainState:
+    """`--proto-init kmeans`: prototypes <- k-means centres of encoded replay (warm-up) states."""
+    key = jax.random.fold_in(ts.rng, 7919)
+    obs = replay.sample(ts.buffer, key, loop.cfg.proto.kmeans_samples).obs
+    params = prototype.kmeans_init(loop.actor, ts.learner.actor_params,
+                                   sac.prepare_obs(ts.learner, obs, loop.cfg.sac))
+    return ts.replace(learner=ts.learner.replace(actor_params=params))
+
+
+def maybe_kmeans_init(loop: Loop, ts: TrainState) -> TrainState:
+    """Run `kmeans_init` right before the very first gradient update (when configured)."""
+    if not loop.is_proto or loop.cfg.proto.init != "kmeans":
+        return ts
+    first = jnp.logical_and(ts.learner.num_updates == 0, ts.buffer.size > 0)
+    return jax.lax.cond(first, functools.partial(kmeans_init, loop), lambda ts: ts, ts)
+
+
 def update_step(loop: Loop, ts: TrainState):
     """`updates_per_iteration` gradient steps, then a projection if one is due."""
+    ts = maybe_kmeans_init(loop, ts)
     rng, update_key = jax.random.split(ts.rng)
     updates_before = ts.learner.num_updates
     learner, metrics = sac.update_many(

@@ -246,6 +246,32 @@ class ProtoActor:
         }
 
 
+# ----------------------------------------------------------------------------- k-means init
+def kmeans(points, num_clusters: int, iters: int):
+    """Lloyd's k-means of `points` [N, D]; centres start at the first `num_clusters` points
+    (pass a random sample). An empty cluster keeps its previous centre. Returns [K, D]."""
+    init = points[jnp.arange(num_clusters) % points.shape[0]]
+
+    def lloyd(_, centres):
+        assign = jnp.argmin(squared_distances(points, centres), axis=-1)
+        onehot = jax.nn.one_hot(assign, num_clusters, dtype=points.dtype)  # [N, K]
+        counts = jnp.sum(onehot, axis=0)
+        sums = onehot.T @ points
+        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
+
+    return jax.lax.fori_loop(0, iters, lloyd, init)
+
+
+def kmeans_init(actor: ProtoActor, params, obs):
+    """Prototypes <- k-means centres of the encoded states `obs` (network-ready, e.g. a random
+    replay sample of warm-up states). Only the prototypes change."""
+    centres = kmeans(actor.encode(params, obs), actor.cfg.num_prototypes,
+                     actor.cfg.kmeans_iters)
+    inner = dict(params["params"])
+    inner["prototypes"] = centres
+    return {**params, "params": inner}
+
+
 # ----------------------------------------------------------------------------- projection
 @flax.struct.dataclass
 class Provenance:

@@ -407,6 +407,90 @@ def export_faithfulness(agent, out: Path, ks=(1, 2, 4, 8), episodes: int = 3, se
     return result
 
 
+def _episode_return(agent, episodes: int, seed: int) -> float:
+    played = play_episodes(agent.config, agent.spec, agent.actor, agent.learner, episodes,
+                           seed=seed)
+    return float(np.mean([e.ret for e in played]))
+
+
+def export_pruning(agent, out: Path, share: float = 0.95, ns=None, episodes: int = 3,
+                   seed: int = 0, fmt: str = "png", pruned_dir: Path | None = None):
+    """Prune to the most-used prototypes and measure what it costs.
+
+    Usage = each prototype's share of all weight over the states of `episodes` evaluation
+    episodes (interpret.usage_mass). For every n in `ns` (default 1, 2, 4, ... < K, the n that
+    carries `share` of the usage, and K) the agent keeping only its n most-used prototypes is
+    built (interpret.prune_agent) and played; pruning.json / pruning.png hold return vs n. The
+    agent pruned at `share` is saved as an inference-only run in `pruned_dir`
+    (default <out>/pruned), loadable with `protosac_jax.load` and viz.py.
+    """
+    from protosac_jax import checkpoint, interpret
+
+    t0 = time.perf_counter()
+    if not 0.0 < share <= 1.0:
+        raise VizError(f"--prune-share must be in (0, 1], got {share}")
+    k_max = agent.config.proto.num_prototypes
+    eps = play_episodes(agent.config, agent.spec, agent.actor, agent.learner, episodes,
+                        seed=seed)
+    usage = interpret.usage_mass(np.concatenate([e.weights for e in eps]))
+    order = np.argsort(-usage, kind="stable")
+    at_share = interpret.keep_for_share(usage, share)
+    if ns is None:
+        ns = [2 ** i for i in range(k_max.bit_length()) if 2 ** i < k_max]
+    ns = sorted({int(n) for n in ns if 0 < int(n) <= k_max} | {len(at_share), k_max})
+    returns = []
+    for n in ns:
+        returns.append(float(np.mean([e.ret for e in eps])) if n == k_max
+                       else _episode_return(interpret.prune_agent(agent, order[:n]),
+                                            episodes, seed))
+    pruned = interpret.prune_agent(agent, at_share)
+    pruned_dir = Path(pruned_dir) if pruned_dir is not None else Path(out) / "pruned"
+    checkpoint.save_agent(pruned_dir, pruned)
+    full = returns[-1]
+    result = {
+        "n_kept": ns, "return": returns, "return_full": full,
+        "usage_kept": [float(usage[order[:n]].sum()) for n in ns],
+        "share": share, "n_at_share": int(len(at_share)),
+        "return_at_share": returns[ns.index(len(at_share))],
+        "kept_at_share": at_share.tolist(), "usage": usage.tolist(),
+        "pruned_dir": str(pruned_dir), "episodes": episodes,
+        "states": int(sum(len(e.obs) for e in eps)), "num_prototypes": k_max,
+    }
+    result["relative_return_change_at_share"] = (
+        (result["return_at_share"] - full) / max(abs(full), 1e-12))
+    result["wall_s"] = time.perf_counter() - t0
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pruning.json").write_text(json.dumps(result, indent=2))
+    _pruning_plot(out / f"pruning.{fmt}", agent.spec, result)
+    return result
+
+
+def _pruning_plot(path: Path, spec, result) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.plot(result["n_kept"], result["return"], "o-")
+    a.axhline(result["return_full"], color="gray", linewidth=1, label="all prototypes")
+    a.axvline(result["n_at_share"], color="tab:red", linewidth=1, linestyle=":",
+              label=f"{result['share']:.0%} of usage")
+    a.set_xscale("log", base=2)
+    a.set_xlabel("prototypes kept (most used first)")
+    a.set_ylabel(f"return ({result['episodes']} episodes)")
+    a.legend(fontsize=8)
+    usage = np.sort(np.asarray(result["usage"]))[::-1]
+    b.bar(np.arange(1, len(usage) + 1), usage)
+    b.set_xlabel("prototype rank by usage")
+    b.set_ylabel("usage (share of weight)")
+    fig.suptitle(f"{spec.env_id}: pruning", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _faithfulness_plot(path: Path, spec, result) -> None:
     import matplotlib
 

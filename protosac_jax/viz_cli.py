@@ -26,13 +26,27 @@ def build_parser() -> OneLineParser:
     a("--faithfulness", action="store_true",
       help="run the deletion test instead: faithfulness.json and faithfulness.png")
     a("--ks", default="1,2,4,8", help="numbers of prototypes deleted (--faithfulness)")
+    a("--prune", action="store_true",
+      help="prune to the most-used prototypes instead: pruning.json, pruning.png and the "
+      "pruned agent (an inference-only run) in <out>/pruned")
+    a("--prune-share", type=float, default=0.95,
+      help="usage share the pruned agent keeps (default 0.95)")
+    a("--keep", help="comma-separated numbers of prototypes to evaluate (--prune; default "
+      "1,2,4,..,K)")
     a("--quiet", action="store_true")
     return p
 
 
+def _ints(flag: str, text: str) -> list[int]:
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} expects comma-separated ints, got {text!r}") from None
+
+
 def main(argv=None) -> int:
     from protosac_jax import envs, visualize
-    from protosac_jax.checkpoint import CheckpointError
+    from protosac_jax.checkpoint import CheckpointError, is_inference_only
     from protosac_jax.render import RenderUnavailable
 
     try:
@@ -57,14 +71,34 @@ def main(argv=None) -> int:
         from protosac_jax.trainer import check_writable_dir
 
         check_writable_dir(out, must_be_empty=False)  # viz outputs in it are replaced
+        if (args.faithfulness or args.prune) and not agent.is_proto:
+            raise ConfigError(f"--{'prune' if args.prune else 'faithfulness'} needs a ProtoSAC "
+                              "checkpoint; this is a --baseline (plain SAC) run")
+        if args.faithfulness and args.prune:
+            raise ConfigError("give --faithfulness or --prune, not both")
+        if args.prune:
+            keep = None if args.keep is None else _ints("--keep", args.keep)
+            pruned_dir = out / "pruned"
+            previous = is_inference_only(pruned_dir)
+            if not previous:
+                check_writable_dir(pruned_dir)  # something else lives there: refuse
+            if not 0.0 < args.prune_share <= 1.0:
+                raise ConfigError(f"--prune-share must be in (0, 1], got {args.prune_share}")
+            if previous:
+                import shutil
+
+                shutil.rmtree(pruned_dir)  # a previous --prune output: replaced
+            result = visualize.export_pruning(agent, out, share=args.prune_share, ns=keep,
+                                              episodes=args.episodes, seed=args.seed,
+                                              fmt=args.format, pruned_dir=pruned_dir)
+            print(f"pruning: kept {result['n_kept']} -> return "
+                  f"{[round(x, 1) for x in result['return']]}; {result['n_at_share']} of "
+                  f"{result['num_prototypes']} prototypes carry {args.prune_share:.0%} of usage "
+                  f"(return {result['return_at_share']:.1f} vs {result['return_full']:.1f}); "
+                  f"pruned agent -> {pruned_dir}")
+            return 0
         if args.faithfulness:
-            if not agent.is_proto:
-                raise ConfigError("--faithfulness needs a ProtoSAC checkpoint; this is a "
-                                  "--baseline (plain SAC) run")
-            try:
-                ks = [int(k) for k in args.ks.split(",") if k.strip()]
-            except ValueError:
-                raise ConfigError(f"--ks expects comma-separated ints, got {args.ks!r}") from None
+            ks = _ints("--ks", args.ks)
             result = visualize.export_faithfulness(agent, out, ks, episodes=args.episodes,
                                                    seed=args.seed, fmt=args.format)
             print(f"faithfulness: k={result['k']} action change top "
