@@ -151,7 +151,9 @@ def save_agent(run_dir: Path, agent) -> Path:
     (run_dir / "config.json").write_text(config_lib.to_json(agent.config))
     provenance = Provenance(**{k: np.asarray(v) for k, v in agent.prototypes.items()})
     step = int(agent.meta.get("env_steps", 0))
-    meta = {**agent.meta, "buffer_saved": False, "inference_only": True}
+    meta = {**agent.meta, "format_version": FORMAT_VERSION,
+            "spec": dataclasses.asdict(agent.spec), "buffer_saved": False,
+            "inference_only": True}
     with ocp.CheckpointManager((run_dir / "ckpt" / "latest").absolute(),
                                options=ocp.CheckpointManagerOptions(
                                    create=True, enable_async_checkpointing=False),

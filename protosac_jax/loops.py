@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import time
 from typing import Any
 
 import flax.struct
@@ -427,6 +428,7 @@ class HostRunner:
         self.eval_envs = None
         self.actions = None
         self.evaluations = 0
+        self.eval_seconds = 0.0  # wall-clock spent in `evaluate` (benchmarks subtract it)
 
     def _start(self, ts: TrainState) -> TrainState:
         from protosac_jax.envs.gym_envs import GymVectorEnv
@@ -462,6 +464,7 @@ class HostRunner:
         from protosac_jax.envs.gym_envs import GymVectorEnv
 
         loop = self.loop
+        t0 = time.perf_counter()
         if self.eval_envs is None:
             self.eval_envs = GymVectorEnv(loop.env, num_episodes,
                                           seed=loop.cfg.seed * 1_000_003 + 999_983)
@@ -477,6 +480,7 @@ class HostRunner:
             if not alive.any():
                 break
         self.evaluations += 1
+        self.eval_seconds += time.perf_counter() - t0
         return total.astype(np.float32)
 
     def close(self) -> None:

@@ -321,6 +321,7 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
     best_eval = -math.inf
     last_saved = None
     first_chunk_s = None
+    checkpoint_s = 0.0
     video_ok = True
 
     def meta(eval_return):
@@ -350,6 +351,10 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                 metrics["perf/env_steps_per_s"] = steps / elapsed
                 metrics["perf/updates_per_s"] = new_updates / elapsed
                 metrics["perf/wall_s"] = time.perf_counter() - t_start
+                # cumulative seconds spent outside training proper (benchmarks subtract them;
+                # device-loop evaluations run inside the jitted chunk and are not separable)
+                metrics["perf/eval_s"] = getattr(run_chunk, "eval_seconds", 0.0)
+                metrics["perf/checkpoint_s"] = checkpoint_s
                 bad = _first_non_finite(metrics)
                 if bad is not None:
                     logger.jsonl.write(json.dumps({"env_steps": env_steps, **metrics}) + "\n")
@@ -375,6 +380,7 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                 })
                 eval_return = metrics["eval/return_mean"]
                 trained = metrics["charts/warmup"] < 1.0
+                t_save = time.perf_counter()
                 if trained and eval_return is not None and eval_return > best_eval:
                     best_eval = eval_return
                     checkpointer.save_best(ts, meta(eval_return))
@@ -382,6 +388,7 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                 crossed = env_steps // cfg.save_every > (env_steps - steps) // cfg.save_every
                 if last_chunk or crossed or guard.received is not None:
                     last_saved = checkpointer.save(ts, meta(eval_return), cfg.save_buffer)
+                checkpoint_s += time.perf_counter() - t_save
                 if cfg.video_every and video_ok and \
                         env_steps // cfg.video_every > (env_steps - steps) // cfg.video_every:
                     video_ok = _record_video(loop, ts, run_dir, env_steps, quiet)

@@ -92,6 +92,10 @@ def test_registry_names_indices_and_clear_errors():
     assert envs.resolve_index(1) == "LunarLanderContinuous-v3"
     assert envs.resolve_index(5) == "Hopper-v5"  # the Gymnasium MuJoCo env, not brax's hopper
     assert envs.resolve_index(0, backend="gymnasium") == "Pendulum-v1"
+    # ... and that canonical name really is the Gymnasium env, the alias the gymnax one
+    assert envs.make_env(envs.resolve_index(0, backend="gymnasium")).on_host
+    assert not getattr(envs.make_env(envs.resolve_index(0)), "on_host", False)
+    assert not getattr(envs.make_env("pendulum-v1"), "on_host", False)
     with pytest.raises(EnvError, match="did you mean Hopper-v5"):
         envs.resolve_name("hopper-v5")
     assert envs.resolve_name("humanoid") == "humanoid"

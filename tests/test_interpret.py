@@ -65,3 +65,75 @@ def test_action_change_curves_on_a_crisp_agent_favour_the_top_prototype():
     params = {**params, "params": inner}
     curves = interpret.action_change_curves(actor, params, obs, [1, 2])
     assert curves["action_change_top"][0] > 3 * curves["action_change_random"][0]
+
+
+# ----------------------------------------------------------------------------- pruning
+def test_keep_for_share_takes_the_fewest_most_used():
+    usage = np.array([0.05, 0.6, 0.3, 0.05])
+    np.testing.assert_array_equal(interpret.keep_for_share(usage, 0.9), [1, 2])
+    np.testing.assert_array_equal(interpret.keep_for_share(usage, 0.5), [1])
+    assert len(interpret.keep_for_share(usage, 1.0)) == 4
+    np.testing.assert_allclose(interpret.usage_mass(np.array([[1, 0], [0.5, 0.5]])), [.75, .25])
+
+
+def _tiny_agent(tmp_path=None, similarity="log"):
+    """A real (untrained) Pendulum agent built the way `load` builds one."""
+    from protosac_jax import loops, sac
+    from protosac_jax.agent import Agent
+    from protosac_jax.config import SACConfig, TrainConfig
+    from protosac_jax.envs import make_env
+    from protosac_jax.prototype import Provenance
+
+    cfg = TrainConfig(env="pendulum", sac=SACConfig(hidden_sizes=(16,)),
+                      proto=PrototypeConfig(num_prototypes=6, latent_dim=3,
+                                            similarity=similarity))
+    spec = make_env("pendulum").spec
+    actor = loops.make_actor(cfg, spec.action_dim)
+    learner = sac.init(jax.random.PRNGKey(0), actor, cfg.sac, spec.obs_example(),
+                       spec.action_dim)
+    prov = Provenance.empty(6, spec.obs_example(), spec.render_example())
+    prov = prov.replace(buffer_index=jnp.arange(6, dtype=jnp.int32))
+    prototypes = {k: np.asarray(getattr(prov, k)) for k in
+                  ("buffer_index", "obs", "render_state", "update_step", "distance")}
+    return Agent(config=cfg, spec=spec, actor=actor, learner=learner, prototypes=prototypes,
+                 meta={"env_steps": 123, "format_version": 2})
+
+
+@pytest.mark.parametrize("similarity", ["log", "softmax"])
+def test_pruned_agent_acts_like_the_masked_original(similarity):
+    agent = _tiny_agent(similarity=similarity)
+    keep = np.array([4, 1, 2])
+    pruned = interpret.prune_agent(agent, keep)
+    assert pruned.config.proto.num_prototypes == 3
+    p = pruned.params["params"]
+    np.testing.assert_array_equal(p["prototypes"], agent.params["params"]["prototypes"][keep])
+    np.testing.assert_array_equal(p["proto_means"], agent.params["params"]["proto_means"][keep])
+    np.testing.assert_array_equal(pruned.prototypes["buffer_index"], keep)
+    # Adam moments follow the params they belong to
+    assert jax.tree_util.tree_structure(pruned.learner.actor_opt_state) == \
+        jax.tree_util.tree_structure(agent.learner.actor_opt_state)
+    obs = np.random.default_rng(0).normal(size=(9, 3)).astype(np.float32)
+    out = agent.actor.forward(agent.params, jnp.asarray(obs))
+    mask = jnp.zeros((1, 6)).at[0, keep].set(1.0)
+    expected = interpret.action_from_weights(agent.actor, interpret.masked_weights(
+        out.weights, mask), out.means)
+    np.testing.assert_allclose(pruned.act(obs), 2.0 * np.asarray(expected), atol=1e-5)
+    assert not np.allclose(agent.act(obs), pruned.act(obs), atol=1e-3)  # pruning did something
+    with pytest.raises(ValueError, match="distinct"):
+        interpret.prune_agent(agent, [1, 1])
+
+
+def test_pruned_agent_saves_loads_and_refuses_to_resume(tmp_path):
+    import protosac_jax
+    from protosac_jax import checkpoint, trainer
+
+    pruned = interpret.prune_agent(_tiny_agent(), [0, 5])
+    checkpoint.save_agent(tmp_path / "pruned", pruned)
+    assert checkpoint.is_inference_only(tmp_path / "pruned")
+    loaded = protosac_jax.load(tmp_path / "pruned")
+    assert loaded.config.proto.num_prototypes == 2 and loaded.meta["kept_prototypes"] == [0, 5]
+    obs = np.zeros((4, 3), np.float32) + np.arange(4, dtype=np.float32)[:, None]
+    np.testing.assert_allclose(loaded.act(obs), pruned.act(obs), atol=1e-6)
+    np.testing.assert_array_equal(loaded.prototypes["buffer_index"], [0, 5])
+    with pytest.raises(checkpoint.CheckpointError, match="inference-only"):
+        trainer.resume(tmp_path / "pruned", progress=False, quiet=True)

@@ -208,3 +208,54 @@ def test_projection_never_puts_two_prototypes_on_the_same_state():
     # fewer valid rows than prototypes: duplicates are unavoidable, still valid rows
     index = np.asarray(prototype.nearest_buffer_states(actor, params, buffer_obs, 2, 7))
     assert set(index.tolist()) == {0, 1}
+
+
+def test_kmeans_recovers_separated_clusters():
+    from protosac_jax.prototype import kmeans
+
+    centres = jnp.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    key = jax.random.PRNGKey(0)
+    labels = jax.random.permutation(key, jnp.arange(300) % 3)
+    points = centres[labels] + 0.1 * jax.random.normal(jax.random.PRNGKey(1), (300, 2))
+    found = np.asarray(kmeans(points, 3, 20))
+    d = np.linalg.norm(found[:, None] - np.asarray(centres)[None], axis=-1)
+    assert sorted(d.argmin(1).tolist()) == [0, 1, 2] and d.min(1).max() < 0.1
+
+
+@pytest.mark.parametrize("init", ["kmeans", "random"])
+def test_proto_init_kmeans_puts_prototypes_on_encoded_warmup_states(init):
+    """`--proto-init kmeans`: right before the first update the prototypes become k-means
+    centres of encoded warm-up states, so they sit among the data (low quantisation error);
+    `random` leaves the N(0, 1) init alone."""
+    import dataclasses
+
+    from protosac_jax import loops, sac
+    from protosac_jax.config import SACConfig, TrainConfig
+    from protosac_jax.trainer import make_loop
+
+    cfg = TrainConfig(env="pendulum", learning_starts=256, sac=SACConfig(hidden_sizes=(16,)),
+                      proto=PrototypeConfig(num_prototypes=4, latent_dim=3, init=init,
+                                            kmeans_samples=256, projection_every=0))
+    loop = make_loop(cfg)
+    ts = loops.init_state(loop, jax.random.PRNGKey(0))
+    step = jax.jit(lambda ts: loops.env_step(loop, ts)[0])
+    for _ in range(256):
+        ts = step(ts)
+    after = jax.jit(lambda ts: loops.maybe_kmeans_init(loop, ts))(ts)
+
+    def quantisation_error(ts):
+        z = loop.actor.encode(ts.learner.actor_params, sac.prepare_obs(
+            ts.learner, ts.buffer.data.obs[:256], cfg.sac))
+        return float(jnp.mean(jnp.min(prototype.squared_distances(
+            z, ts.learner.actor_params["params"]["prototypes"]), axis=1)))
+
+    if init == "random":
+        np.testing.assert_array_equal(after.learner.actor_params["params"]["prototypes"],
+                                      ts.learner.actor_params["params"]["prototypes"])
+    else:
+        assert quantisation_error(after) < 0.2 * quantisation_error(ts)
+        # only once: after the first update nothing changes any more
+        later = dataclasses.replace(after, learner=after.learner.replace(num_updates=1))
+        again = loops.maybe_kmeans_init(loop, later)
+        np.testing.assert_array_equal(again.learner.actor_params["params"]["prototypes"],
+                                      after.learner.actor_params["params"]["prototypes"])

@@ -111,6 +111,9 @@ def test_baseline_run_exports_video_and_actions_and_says_why_no_prototypes(tmp_p
     (["--ckpt", "RUN", "--episodes", "0"], ">= 1"),
     (["--ckpt", "RUN", "--out", "/proc/protosac-viz"], "cannot write"),
     (["--ckpt", "RUN", "--format", "gif"], "invalid choice"),
+    (["--ckpt", "RUN", "--prune", "--prune-share", "1.5"], "--prune-share must be in (0, 1]"),
+    (["--ckpt", "RUN", "--prune", "--faithfulness"], "not both"),
+    (["--ckpt", "RUN", "--prune", "--keep", "1,x"], "--keep expects"),
 ])
 def test_bad_input_one_line_exit_2(pendulum_run, tmp_path, args, needle):
     args = [str(pendulum_run) if a == "RUN" else a for a in args]
@@ -182,3 +185,32 @@ def test_faithfulness_export(pendulum_run, tmp_path):
     proc = run_cli("--ckpt", str(pendulum_run), "--faithfulness", "--ks", "0,99",
                    "--out", str(tmp_path / "bad"), script="viz.py")
     assert proc.returncode == 2 and "--ks needs values in 1..7" in proc.stderr
+
+
+def test_prune_export_writes_curve_and_a_loadable_pruned_run(pendulum_run, tmp_path):
+    out = tmp_path / "prune"
+    proc = run_cli("--ckpt", str(pendulum_run), "--prune", "--episodes", "1", "--out", str(out),
+                   script="viz.py")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "pruning.json").read_text())
+    assert (out / "pruning.png").is_file()
+    assert result["n_kept"][-1] == 8 and 1 in result["n_kept"] and result["n_at_share"] in \
+        result["n_kept"]
+    assert len(result["return"]) == len(result["n_kept"]) and all(np.isfinite(result["return"]))
+    assert result["usage_kept"][-1] == pytest.approx(1.0)
+    assert result["usage_kept"][result["n_kept"].index(result["n_at_share"])] >= 0.95 - 1e-9
+    from protosac_jax import load
+
+    pruned = load(out / "pruned")
+    assert pruned.config.proto.num_prototypes == result["n_at_share"]
+    assert pruned.meta["kept_prototypes"] == result["kept_at_share"]
+    # the saved pruned agent plays the same return that was reported for it
+    proc = run_cli("--ckpt", str(out / "pruned"), "--episodes", "1", "--no-video",
+                   "--out", str(tmp_path / "viz"), script="viz.py")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    replay = json.loads((tmp_path / "viz" / "viz.json").read_text())
+    assert replay["returns"][0] == pytest.approx(result["return_at_share"], abs=1e-3)
+    # running --prune again replaces its own previous output
+    proc = run_cli("--ckpt", str(pendulum_run), "--prune", "--episodes", "1", "--keep", "1",
+                   "--out", str(out), script="viz.py")
+    assert proc.returncode == 0, proc.stderr[-2000:]

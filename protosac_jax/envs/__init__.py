@@ -80,13 +80,26 @@ def resolve_index(index: int, backend: str = "auto") -> str:
     return resolve_name(ORIGINAL_INDICES[index], backend)
 
 
+# The exact Gymnasium ids of the gymnax twins: what `resolve_name(..., "gymnasium")` returns
+# and what config.json stores for `--backend gymnasium` runs.
+TWIN_IDS = tuple(gym_id for gym_id, _ in GYMNAX_ENVS.values())
+
+
+def canonical_name(name: str) -> str:
+    """Like `resolve_name(name)`, except that the exact twin ids ("Pendulum-v1") stay the
+    Gymnasium env: they are the canonical names of `--backend gymnasium` runs."""
+    return name if name in TWIN_IDS else resolve_name(name)
+
+
 def is_gymnasium(name: str) -> bool:
-    return "-v" in name and ALIASES.get(name.lower()) is None
+    return "-v" in name and (name in TWIN_IDS or ALIASES.get(name.lower()) is None)
 
 
 def make_env(name: str, frame_stack: int = 1, action_repeat: int = 1):
-    """The env for a (possibly aliased) name: a device env (gymnax/MJX) or a GymEnv."""
-    canonical = resolve_name(name)
+    """The env for a canonical name (from `resolve_name` or a config): a device env
+    (gymnax/MJX) or a GymEnv. The exact twin ids ("Pendulum-v1") are the Gymnasium envs;
+    the lower-case aliases ("pendulum", "pendulum-v1") the gymnax ones."""
+    canonical = canonical_name(name)
     if is_gymnasium(canonical):
         from protosac_jax.envs.gym_envs import GymEnv
 
@@ -108,7 +121,7 @@ def make_env_for(cfg):
 
 
 def is_mjx(name: str) -> bool:
-    canonical = resolve_name(name)
+    canonical = canonical_name(name)
     return canonical not in GYMNAX_ENVS and not is_gymnasium(canonical)
 
 
