@@ -11,9 +11,12 @@ settings of `MATCHED` (256x256 networks, batch 256, buffer = budget, the env's l
 gamma, tau and learning starts, one env, one gradient step per env step) and the same
 evaluation schedule (every `eval_every` env steps, `eval_episodes` deterministic episodes on a
 separate env). Per run we record the learning curve (env steps, training wall-clock, eval
-return) and: process wall-clock, training wall-clock, evaluation and checkpoint time, env
-steps, gradient updates. "Same work" throughput = env steps / (training wall-clock - time in
-evaluations - time writing checkpoints), compilation included.
+return, cumulative evaluation and checkpoint time) and: process wall-clock, training
+wall-clock, env steps, gradient updates. Throughput, "same work": env steps per second of
+training between the first evaluation one interval after learning starts and the last one,
+evaluation and checkpoint time taken out (compilation and the cheap random warm-up are behind,
+one update per env step: this is also updates/s); "whole run": all env steps / (training
+wall-clock - evaluation - checkpoint time), compilation and warm-up included.
 
 Output: one JSON line per run in `--out` (default benchmarks/results/compare.jsonl; a new run
 replaces the lines of the same env/system/seed), a markdown table on stdout (and in
@@ -111,7 +114,8 @@ def _peer_worker(system: str, env_id: str, seed: int, hp: dict) -> dict:
             if self.num_timesteps % hp["eval_every"] == 0:
                 ret = evaluate()
                 curve.append({"env_steps": self.num_timesteps,
-                              "wall_s": time.perf_counter() - t_learn, "return": ret})
+                              "wall_s": time.perf_counter() - t_learn, "return": ret,
+                              "eval_s": state["eval_s"], "checkpoint_s": 0.0})
             return True
 
     t_learn = time.perf_counter()
@@ -147,11 +151,25 @@ def _ours_worker(system: str, env_id: str, seed: int, hp: dict) -> dict:
         result = protosac_jax.train(cfg, out=Path(tmp) / "run", progress=False, quiet=True)
     last = result.history[-1]
     curve = [{"env_steps": h["env_steps"], "wall_s": h["perf/wall_s"],
-              "return": h["eval/return_mean"]} for h in result.history]
+              "return": h["eval/return_mean"], "eval_s": h["perf/eval_s"],
+              "checkpoint_s": h["perf/checkpoint_s"]} for h in result.history]
     return {"train_wall_s": last["perf/wall_s"], "eval_s": last["perf/eval_s"],
             "checkpoint_s": last["perf/checkpoint_s"], "env_steps": last["env_steps"],
             "updates": int(result.state.learner.num_updates), "curve": curve,
             "setup_s": time.perf_counter() - t_start - last["perf/wall_s"]}
+
+
+def steady_rate(curve: list[dict], start: int) -> float | None:
+    """Env steps/s between the first curve point at or past `start` (compilation and warm-up
+    are behind) and the last, with evaluation and checkpoint time taken out. One gradient
+    update per env step there, so this is also updates/s."""
+    points = [p for p in curve if p["env_steps"] >= start]
+    if len(points) < 2:
+        return None
+    a, b = points[0], points[-1]
+    busy = (b["wall_s"] - a["wall_s"]) - (b["eval_s"] - a["eval_s"]) \
+        - (b["checkpoint_s"] - a["checkpoint_s"])
+    return (b["env_steps"] - a["env_steps"]) / busy
 
 
 def worker(system: str, env_id: str, seed: int, hp: dict) -> dict:
@@ -162,6 +180,8 @@ def worker(system: str, env_id: str, seed: int, hp: dict) -> dict:
         system=system, env=env_id, seed=seed, hp=hp,
         env_steps_per_s=record["env_steps"] / work_s,
         updates_per_s=record["updates"] / work_s,
+        steady_env_steps_per_s=steady_rate(record["curve"],
+                                           hp["learning_starts"] + hp["eval_every"]),
         final_return=record["curve"][-1]["return"] if record["curve"] else None)
     return record
 
@@ -215,7 +235,8 @@ def summarize(records: list[dict]) -> list[dict]:
         for r in records:
             if r["env"] == env:
                 by_system.setdefault(r["system"], []).append(r)
-        means = {s: _stats([r["env_steps_per_s"] for r in rs])[0] for s, rs in by_system.items()}
+        means = {s: _stats([r.get("steady_env_steps_per_s") for r in rs])[0]
+                 for s, rs in by_system.items()}
         walls = {s: _stats([r["process_wall_s"] for r in rs])[0] for s, rs in by_system.items()}
         order = [s for s in SYSTEMS + GYMNAX_SYSTEMS if s in by_system]
         for system in order:
@@ -224,7 +245,8 @@ def summarize(records: list[dict]) -> list[dict]:
             row = {"env": env, "system": system, "seeds": len(rs),
                    "env_steps": rs[0]["env_steps"], "updates": _stats(
                        [r["updates"] for r in rs])[0],
-                   "env_steps_per_s": means[system],
+                   "steady_env_steps_per_s": means[system],
+                   "env_steps_per_s": _stats([r["env_steps_per_s"] for r in rs])[0],
                    "updates_per_s": _stats([r["updates_per_s"] for r in rs])[0],
                    "process_wall_s": walls[system],
                    "final_return": ret, "final_return_std": ret_std}
@@ -244,15 +266,17 @@ def _fmt(x, digits=1, suffix=""):
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| env | system | seeds | env steps | updates/s | env-steps/s (same work) | "
-            "vs SB3 | vs SBX | process wall s | wall vs SB3 | wall vs SBX | final return |\n"
+    head = ("| env | system | seeds | env steps | env-steps/s, steady (same work) | "
+            "vs SB3 | vs SBX | env-steps/s, whole run | process wall s | wall vs SB3 | "
+            "wall vs SBX | final return |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         lines.append(
             f"| {r['env']} | {LABELS.get(r['system'], r['system'])} | {r['seeds']} | "
-            f"{r['env_steps']} | {_fmt(r['updates_per_s'])} | {_fmt(r['env_steps_per_s'])} | "
+            f"{r['env_steps']} | {_fmt(r['steady_env_steps_per_s'])} | "
             f"{_fmt(r['speed_vs_sb3'], 2, 'x')} | {_fmt(r['speed_vs_sbx'], 2, 'x')} | "
+            f"{_fmt(r['env_steps_per_s'])} | "
             f"{_fmt(r['process_wall_s'])} | {_fmt(r['wall_vs_sb3'], 2, 'x')} | "
             f"{_fmt(r['wall_vs_sbx'], 2, 'x')} | "
             f"{_fmt(r['final_return'])} ± {_fmt(r['final_return_std'])} |")

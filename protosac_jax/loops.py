@@ -429,6 +429,9 @@ class HostRunner:
         self.actions = None
         self.evaluations = 0
         self.eval_seconds = 0.0  # wall-clock spent in `evaluate` (benchmarks subtract it)
+        # Frames for the reservoir are only needed to draw prototypes: not for --baseline.
+        self._captures = (loop.spec.uses_reservoir and loop.is_proto
+                          and loop.cfg.frame_every > 0)
 
     def _start(self, ts: TrainState) -> TrainState:
         from protosac_jax.envs.gym_envs import GymVectorEnv
@@ -436,14 +439,14 @@ class HostRunner:
         cfg = self.loop.cfg
         self.envs = GymVectorEnv(self.loop.env, cfg.num_envs,
                                  seed=cfg.seed * 1_000_003 + int(ts.env_steps),
-                                 render_first=self.loop.spec.uses_reservoir)
+                                 render_first=self._captures)
         ts, self.actions = start_episodes_jit(self.loop, ts, self.envs.reset())
         return ts
 
     def __call__(self, loop: Loop, ts: TrainState, num_iterations: int):
         if self.envs is None:
             ts = self._start(ts)
-        capture = loop.spec.uses_reservoir and loop.cfg.frame_every > 0
+        capture = self._captures
         totals = empty_totals_jit(loop, ts)
         env_steps, updates_start = int(ts.env_steps), int(ts.updates_start)
         for i in range(num_iterations):
