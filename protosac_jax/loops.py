@@ -103,7 +103,7 @@ def init_state(loop: Loop, key) -> TrainState:
         obs=obs[0], action=jnp.zeros((spec.action_dim,), jnp.float32),
         reward=jnp.zeros((), jnp.float32), next_obs=next_obs,
         terminated=jnp.zeros((), jnp.float32), render_state=render)
-    return TrainState(
+    ts = TrainState(
         learner=learner,
         buffer=replay.init(cfg.buffer_size, example),
         env_state=env_state,
@@ -119,6 +119,9 @@ def init_state(loop: Loop, key) -> TrainState:
         updates_start=jnp.asarray(cfg.learning_starts, jnp.int32),
         reservoir=reservoir,
     )
+    # No weakly-typed leaves (gymnax's Pendulum reset has one): the chunk's output state is
+    # strongly typed, and a weak leaf in the first input made the second chunk recompile.
+    return jax.tree_util.tree_map(lambda x: jax.lax.convert_element_type(x, x.dtype), ts)
 
 
 def correlated_noise(noise, key, rho: float):
