@@ -66,6 +66,11 @@ LABELS = {"sb3": "SB3 SAC (torch)", "sbx": "SBX SAC (jax)", "ours-sac": "ours SA
 
 
 # ----------------------------------------------------------------------------- workers
+def eval_seed(seed: int) -> int:
+    """First eval seed of our HostRunner.evaluate (eval e, episode i: eval_seed + e + i)."""
+    return seed * 1_000_003 + 999_983
+
+
 def _peer_worker(system: str, env_id: str, seed: int, hp: dict) -> dict:
     """SB3 or SBX SAC with the matched settings; evaluation in a callback, timed apart."""
     import gymnasium as gym
@@ -96,8 +101,10 @@ def _peer_worker(system: str, env_id: str, seed: int, hp: dict) -> dict:
     def evaluate() -> float:
         t0 = time.perf_counter()
         returns = []
+        state["evals"] += 1
         for episode in range(hp["eval_episodes"]):
-            obs, _ = eval_env.reset(seed=10_000 * (seed + 1) + 100 * state["evals"] + episode)
+            # the start states our HostRunner.evaluate draws: same seeds, same episodes
+            obs, _ = eval_env.reset(seed=eval_seed(seed) + state["evals"] + episode)
             done, total = False, 0.0
             while not done:
                 action, _ = model.predict(obs, deterministic=True)
@@ -105,7 +112,6 @@ def _peer_worker(system: str, env_id: str, seed: int, hp: dict) -> dict:
                 total += float(reward)
                 done = terminated or truncated
             returns.append(total)
-        state["evals"] += 1
         state["eval_s"] += time.perf_counter() - t0
         return float(np.mean(returns))
 

@@ -67,6 +67,10 @@ def build_parser() -> OneLineParser:
     a("--similarity", choices=["log", "rbf", "softmax"])
     a("--distribution", choices=["blend", "mixture"])
     a("--projection-every", type=int, help="updates between projections (0 = off)")
+    a("--weight-entropy-coef", type=float,
+      help="penalty on per-state weight entropy (crisper assignments; default 0.001)")
+    a("--usage-entropy-coef", type=float,
+      help="reward for batch usage entropy (every prototype used; default 0.01)")
     a("--proto-init", "--proto_init", choices=["random", "kmeans"],
       help="prototype init: random (default) or k-means of encoded warm-up states")
     a("--hidden", type=parse_sizes, help="network widths, e.g. 256,256")
@@ -135,7 +139,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     top.update(run_flags(args))
     for flag, field in [("num_prototypes", "num_prototypes"), ("latent_dim", "latent_dim"),
                         ("similarity", "similarity"), ("distribution", "distribution"),
-                        ("projection_every", "projection_every"), ("proto_init", "init")]:
+                        ("projection_every", "projection_every"), ("proto_init", "init"),
+                        ("weight_entropy_coef", "weight_entropy_coef"),
+                        ("usage_entropy_coef", "usage_entropy_coef")]:
         if getattr(args, flag) is not None:
             proto[field] = getattr(args, flag)
     for flag, field in [("hidden", "hidden_sizes"), ("batch_size", "batch_size"),

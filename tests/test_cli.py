@@ -44,13 +44,17 @@ def test_flags_override_preset():
     assert (cfg.num_envs, cfg.total_steps, cfg.seed) == (4, 500, 7)
     assert cfg.proto.num_prototypes == 8 and cfg.proto.similarity == "rbf"
     assert cfg.sac.hidden_sizes == (32, 32) and cfg.sac.actor_lr == 0.002
+    cfg = cfg_of("--proto-init", "kmeans", "--weight-entropy-coef", "0.1",
+                 "--usage-entropy-coef", "0.02")
+    assert cfg.proto.init == "kmeans" and cfg.proto.weight_entropy_coef == 0.1
+    assert cfg.proto.usage_entropy_coef == 0.02 and cfg_of().proto.init == "random"
 
 
 @pytest.mark.parametrize("argv", [["--baseline", "maybe"], ["--num-envs", "0"],
                                   ["--total-steps", "-5"], ["--env", "nope"],
                                   ["--environment", "9"], ["--episodes", "2", "--total-steps", "9"],
                                   ["--env", "mountaincar", "--environment", "0"],
-                                  ["--hidden", "a,b"]])
+                                  ["--hidden", "a,b"], ["--proto-init", "zeros"]])
 def test_bad_flags_raise_config_errors(argv):
     from protosac_jax.envs import EnvError
 
