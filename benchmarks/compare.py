@@ -71,6 +71,21 @@ def eval_seed(seed: int) -> int:
     return seed * 1_000_003 + 999_983
 
 
+def peer_returns(model, eval_env, seeds) -> list[float]:
+    """Returns of deterministic episodes of an SB3/SBX `model`, one per reset seed."""
+    returns = []
+    for reset_seed in seeds:
+        obs, _ = eval_env.reset(seed=reset_seed)
+        done, total = False, 0.0
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = eval_env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return returns
+
+
 def _peer_worker(system: str, env_id: str, seed: int, hp: dict) -> dict:
     """SB3 or SBX SAC with the matched settings; evaluation in a callback, timed apart."""
     import gymnasium as gym
@@ -100,18 +115,10 @@ def _peer_worker(system: str, env_id: str, seed: int, hp: dict) -> dict:
 
     def evaluate() -> float:
         t0 = time.perf_counter()
-        returns = []
         state["evals"] += 1
-        for episode in range(hp["eval_episodes"]):
-            # the start states our HostRunner.evaluate draws: same seeds, same episodes
-            obs, _ = eval_env.reset(seed=eval_seed(seed) + state["evals"] + episode)
-            done, total = False, 0.0
-            while not done:
-                action, _ = model.predict(obs, deterministic=True)
-                obs, reward, terminated, truncated, _ = eval_env.step(action)
-                total += float(reward)
-                done = terminated or truncated
-            returns.append(total)
+        # the start states our HostRunner.evaluate draws: same seeds, same episodes
+        returns = peer_returns(model, eval_env, [eval_seed(seed) + state["evals"] + episode
+                                                 for episode in range(hp["eval_episodes"])])
         state["eval_s"] += time.perf_counter() - t0
         return float(np.mean(returns))
 

@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 
 from protosac_jax import sac
-from protosac_jax.config import PrototypeConfig, SACConfig
+from protosac_jax.config import PrototypeConfig
 from protosac_jax.networks import GaussianActor
 from protosac_jax.prototype import ProtoActor
-from update_speed import make_buffer
+from update_speed import make_buffer, parse_update_args, update_args
 
 
 def mlp_macs(sizes) -> int:
@@ -64,15 +64,8 @@ def matmul_runner(batch: int, width: int, reps: int = 1000):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--obs-dim", type=int, default=3)
-    p.add_argument("--action-dim", type=int, default=1)
-    p.add_argument("--hidden", default="256,256")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--updates", type=int, default=200)
-    p.add_argument("--rounds", type=int, default=9)
-    args = p.parse_args()
-    hidden = tuple(int(x) for x in args.hidden.split(","))
-    cfg = SACConfig(hidden_sizes=hidden, batch_size=args.batch_size)
+    update_args(p, rounds=9)
+    args, hidden, cfg = parse_update_args(p)
     matmul, mx, matmul_flops = matmul_runner(args.batch_size, hidden[0])
     buffer = make_buffer(args.obs_dim, args.action_dim)
     update = jax.jit(sac.update_many, static_argnums=(3, 4, 5, 6))

@@ -27,30 +27,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLD = -200.0
 
-SBX_SOLVER = r"""
-import sys
-import gymnasium as gym, numpy as np
-from sbx import SAC
-from stable_baselines3.common.callbacks import BaseCallback
-seed, threshold, budget = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-env, eval_env = gym.make("Pendulum-v1"), gym.make("Pendulum-v1")
-model = SAC("MlpPolicy", env, seed=seed, verbose=0)   # SBX defaults
-class Solve(BaseCallback):
-    def _on_step(self):
-        if self.num_timesteps % 1000:
-            return True
-        rets = []
-        for ep in range(10):
-            obs, _ = eval_env.reset(seed=1000 * seed + ep)
-            done, total = False, 0.0
-            while not done:
-                obs, r, term, trunc, _ = eval_env.step(model.predict(obs, deterministic=True)[0])
-                total += float(r); done = term or trunc
-            rets.append(total)
-        print(f"EVAL {self.num_timesteps} {np.mean(rets)}", flush=True)
-        return float(np.mean(rets)) < threshold
-model.learn(budget, callback=Solve())
-"""
+
+def sbx_solver(seed: int, budget: int = 50_000) -> None:
+    """SBX SAC with its defaults on Pendulum-v1; prints `EVAL <steps> <mean return>` every
+    1000 env steps (10 deterministic episodes) and stops once the return reaches THRESHOLD."""
+    import gymnasium as gym
+    import numpy as np
+    from sbx import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from compare import peer_returns
+
+    env, eval_env = gym.make("Pendulum-v1"), gym.make("Pendulum-v1")
+    model = SAC("MlpPolicy", env, seed=seed, verbose=0)  # SBX defaults
+
+    class Solve(BaseCallback):
+        def _on_step(self):
+            if self.num_timesteps % 1000:
+                return True
+            ret = float(np.mean(peer_returns(model, eval_env,
+                                             [1000 * seed + ep for ep in range(10)])))
+            print(f"EVAL {self.num_timesteps} {ret}", flush=True)
+            return ret < THRESHOLD
+
+    model.learn(budget, callback=Solve())
 
 
 def _wait_ours(proc, metrics: Path, t0: float, timeout: float):
@@ -85,9 +85,9 @@ def run(system: str, seed: int, cache: Path, ours_args: list[str], timeout: floa
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         if system == "sbx":
-            proc = subprocess.Popen([sys.executable, "-c", SBX_SOLVER, str(seed), str(THRESHOLD),
-                                     "50000"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                    text=True, env=env, cwd=tmp)
+            proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
+                                     "--sbx-worker", str(seed)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp)
             wall, steps, ret = _wait_sbx(proc, t0)
         else:
             out = Path(tmp) / "run"
@@ -108,7 +108,11 @@ def main(argv=None) -> int:
     p.add_argument("--systems", nargs="+", default=["ours-protosac", "ours-sac", "sbx"])
     p.add_argument("--ours-args", default="", help="extra train.py flags (our preset)")
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--sbx-worker", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.sbx_worker is not None:
+        sbx_solver(args.sbx_worker)
+        return 0
     ours_args = shlex.split(args.ours_args)
     results = []
     for system in args.systems:

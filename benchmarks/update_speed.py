@@ -36,18 +36,28 @@ def make_buffer(obs_dim, action_dim, size=10_000):
     return replay.insert(replay.init(size, example), batch)
 
 
-def main():
-    p = argparse.ArgumentParser()
+def update_args(p: argparse.ArgumentParser, rounds: int):
+    """The update-shape flags shared by update_speed.py and roofline.py."""
     p.add_argument("--obs-dim", type=int, default=3)
     p.add_argument("--action-dim", type=int, default=1)
     p.add_argument("--hidden", default="256,256")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--updates", type=int, default=200, help="updates per jitted call")
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--prototypes", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--rounds", type=int, default=rounds)
+
+
+def parse_update_args(p: argparse.ArgumentParser):
+    """(args, hidden widths, SACConfig) from the flags of `update_args`."""
     args = p.parse_args()
     hidden = tuple(int(x) for x in args.hidden.split(","))
-    cfg = SACConfig(hidden_sizes=hidden, batch_size=args.batch_size)
+    return args, hidden, SACConfig(hidden_sizes=hidden, batch_size=args.batch_size)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    update_args(p, rounds=7)
+    p.add_argument("--prototypes", type=int, nargs="+", default=[16, 32, 64])
+    args, hidden, cfg = parse_update_args(p)
     variants = {"baseline SAC": GaussianActor(args.action_dim, hidden)}
     for k in args.prototypes:
         variants[f"ProtoSAC K={k}"] = ProtoActor(

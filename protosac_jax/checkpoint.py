@@ -87,6 +87,14 @@ def _abstract(tree):
     return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _policy_items(learner, provenance, meta: dict[str, Any]):
+    """The ITEMS_BEST of a step: what `load_policy` needs (best and inference-only runs)."""
+    ocp = _ocp()
+    return ocp.args.Composite(learner=ocp.args.StandardSave(learner),
+                              provenance=ocp.args.StandardSave(provenance),
+                              meta=ocp.args.JsonSave(meta))
+
+
 class Checkpointer:
     """Saves a run's latest and best checkpoints under `<run_dir>/ckpt`."""
 
@@ -122,15 +130,11 @@ class Checkpointer:
         return step
 
     def save_best(self, ts, meta: dict[str, Any]) -> None:
-        ocp = _ocp()
         step = int(meta["env_steps"])
         if step in self.best.all_steps():
             return
-        self.best.save(step, args=ocp.args.Composite(
-            learner=ocp.args.StandardSave(ts.learner),
-            provenance=ocp.args.StandardSave(ts.provenance),
-            meta=ocp.args.JsonSave(meta)),
-            metrics={"eval_return": float(meta["eval_return"])}, force=True)
+        self.best.save(step, args=_policy_items(ts.learner, ts.provenance, meta),
+                       metrics={"eval_return": float(meta["eval_return"])}, force=True)
         self.best.wait_until_finished()
 
     def close(self) -> None:
@@ -158,10 +162,7 @@ def save_agent(run_dir: Path, agent) -> Path:
                                options=ocp.CheckpointManagerOptions(
                                    create=True, enable_async_checkpointing=False),
                                item_names=ITEMS_BEST) as manager:
-        manager.save(step, args=ocp.args.Composite(
-            learner=ocp.args.StandardSave(agent.learner),
-            provenance=ocp.args.StandardSave(provenance),
-            meta=ocp.args.JsonSave(meta)), force=True)
+        manager.save(step, args=_policy_items(agent.learner, provenance, meta), force=True)
         manager.wait_until_finished()
     return run_dir
 
@@ -172,10 +173,9 @@ def is_inference_only(run_dir: Path) -> bool:
     steps = _steps(directory)
     if not (Path(run_dir) / "config.json").is_file() or not steps:
         return False
-    path = directory / str(steps[0]) / "meta" / "metadata"
     try:
-        return bool(json.loads(path.read_text()).get("inference_only"))
-    except (OSError, ValueError):
+        return bool(_read_meta(directory, steps[0]).get("inference_only"))
+    except (CheckpointError, OSError, ValueError):
         return False
 
 

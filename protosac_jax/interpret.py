@@ -14,6 +14,7 @@ match a trained agent). What we measure instead is whether the prototypes drive 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -161,8 +162,6 @@ def prune_agent(agent, keep):
     actor params, actor optimizer state and provenance sliced. Because the weights are
     normalised similarities, the pruned agent acts exactly like the original with the other
     prototypes masked out and the weights renormalised (`masked_weights`)."""
-    import dataclasses
-
     from protosac_jax import loops
 
     if not agent.is_proto:

@@ -394,9 +394,7 @@ def export_faithfulness(agent, out: Path, ks=(1, 2, 4, 8), episodes: int = 3, se
     for k in ks:
         for mode in ("top", "random"):
             policy = interpret.masked_policy(agent.actor, cfg.sac, agent.learner, k, mode, seed)
-            played = play_episodes(cfg, spec, agent.actor, agent.learner, episodes, seed=seed,
-                                   policy=policy)
-            result[f"return_{mode}"].append(float(np.mean([e.ret for e in played])))
+            result[f"return_{mode}"].append(_mean_return(agent, episodes, seed, policy))
     top, rand = result["action_change_top"], result["action_change_random"]
     result["top1_vs_random_ratio"] = top[0] / max(rand[0], 1e-12) if ks[0] == 1 else None
     result["wall_s"] = time.perf_counter() - t0
@@ -407,9 +405,10 @@ def export_faithfulness(agent, out: Path, ks=(1, 2, 4, 8), episodes: int = 3, se
     return result
 
 
-def _episode_return(agent, episodes: int, seed: int) -> float:
+def _mean_return(agent, episodes: int, seed: int, policy=None) -> float:
+    """Mean return of `episodes` deterministic episodes (of `policy`, if given)."""
     played = play_episodes(agent.config, agent.spec, agent.actor, agent.learner, episodes,
-                           seed=seed)
+                           seed=seed, policy=policy)
     return float(np.mean([e.ret for e in played]))
 
 
@@ -441,7 +440,7 @@ def export_pruning(agent, out: Path, share: float = 0.95, ns=None, episodes: int
     returns = []
     for n in ns:
         returns.append(float(np.mean([e.ret for e in eps])) if n == k_max
-                       else _episode_return(interpret.prune_agent(agent, order[:n]),
+                       else _mean_return(interpret.prune_agent(agent, order[:n]),
                                             episodes, seed))
     pruned = interpret.prune_agent(agent, at_share)
     pruned_dir = Path(pruned_dir) if pruned_dir is not None else Path(out) / "pruned"
