@@ -241,3 +241,31 @@ def test_agent_rejects_wrong_obs_shape(finished_run):
     agent = protosac_jax.load(finished_run)
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         agent.act(np.zeros(5, np.float32))
+
+
+def test_orphaned_tensorstore_read_errors_are_not_logged_after_the_one_line_report(caplog):
+    """A failed restore leaves Orbax read tasks with unretrieved tensorstore errors; asyncio
+    would log each with a traceback when they are collected. Only those are dropped."""
+    import asyncio
+    import gc
+
+    from protosac_jax import checkpoint
+
+    checkpoint._ocp()
+
+    async def fail(text):
+        raise ValueError(text)
+
+    def orphan(text):
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(fail(text))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
+        del task
+        gc.collect()
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        orphan("OUT_OF_RANGE: Error opening zarr [tensorstore_spec='{}']")
+        assert not [r for r in caplog.records if r.name == "asyncio"]
+        orphan("some other failure")
+        assert [r for r in caplog.records if "some other failure" in r.getMessage()]
