@@ -24,6 +24,7 @@ class Agent:
     learner: Any  # sac.SACState: actor/critic/target params, temperature, optimizer states
     prototypes: dict[str, np.ndarray] | None  # provenance (buffer_index, obs, render_state, ...)
     meta: dict[str, Any]
+    _act_calls: int = dataclasses.field(default=0, repr=False)  # stochastic act() draws so far
 
     @property
     def params(self):
@@ -47,16 +48,28 @@ class Agent:
         batch = obs[None] if single else obs
         return prepare_obs(self.learner, batch, self.config.sac), single
 
-    def act(self, obs, deterministic: bool = True, seed: int = 0) -> np.ndarray:
-        """Env-scaled action(s) for one obs or a batch."""
+    def act(self, obs, deterministic: bool = True, seed: int | None = None,
+            key: jax.Array | None = None) -> np.ndarray:
+        """Env-scaled action(s) for one obs or a batch.
+
+        `deterministic=False` samples the policy: with `key` (a JAX PRNG key) or `seed` the
+        draw is reproducible; with neither, every call draws fresh noise (the agent's own
+        stream, seeded from the run's seed, so a notebook session replays the same sequence).
+        """
         batch, single = self._batch(obs)
         if deterministic:
             action = _deterministic(self.actor, self.params, batch)
         else:
-            key = jax.random.PRNGKey(seed)
-            noise = jax.random.normal(key, (batch.shape[0], self.spec.action_dim))
-            action = _stochastic(self.actor, self.params, batch, noise,
-                                 jax.random.fold_in(key, 1))
+            if key is None:
+                if seed is None:
+                    self._act_calls += 1
+                    key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed),
+                                             self._act_calls)
+                else:
+                    key = jax.random.PRNGKey(seed)
+            noise_key, sample_key = jax.random.split(key)
+            noise = jax.random.normal(noise_key, (batch.shape[0], self.spec.action_dim))
+            action = _stochastic(self.actor, self.params, batch, noise, sample_key)
         action = rescale_actions(action, self.spec.action_low, self.spec.action_high)
         return action[0] if single else action
 

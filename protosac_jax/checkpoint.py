@@ -7,7 +7,11 @@ Layout of a run directory:
       provenance   where each prototype came from (buffer index, obs, render state)
       loop         env states, current obs, exploration noise, running returns, RNG, env steps
       buffer       the replay buffer (absent with --no-save-buffer; resume then refills it)
-      meta         JSON: format version, env spec, env steps, eval return, whether buffer saved
+      unprojected  learner + provenance before a run's final projection (only in a step that
+                   ended with one, trainer._final_projection): what `--resume` continues from,
+                   while `load` uses `learner`/`provenance`, the projected policy
+      meta         JSON: format version, env spec, env steps, eval return, whether buffer saved,
+                   buffer capacity (rows; a resume that extends the run grows the buffer)
   ckpt/best/<env_steps>/           the best-by-eval policy (learner, provenance, meta)
 
 Orbax writes each step into a temporary directory and renames it when complete, so a step
@@ -29,8 +33,9 @@ from typing import Any
 import jax
 import numpy as np
 
-FORMAT_VERSION = 2
-ITEMS_FULL = ("learner", "provenance", "loop", "buffer", "meta")
+# 3: update credit in `loop`, `unprojected`, meta["buffer_capacity"] (2 is still read)
+FORMAT_VERSION = 3
+ITEMS_FULL = ("learner", "provenance", "loop", "buffer", "unprojected", "meta")
 ITEMS_BEST = ("learner", "provenance", "meta")
 
 
@@ -76,7 +81,7 @@ class _OrphanedReadErrors(logging.Filter):
                     and "tensorstore_spec" in message)
 
 
-def _loop_part(ts) -> dict[str, Any]:
+def _loop_part(ts, version: int = FORMAT_VERSION) -> dict[str, Any]:
     # Orbax cannot save zero-size arrays (MJX data has some, e.g. `act` of a model without
     # activation states): keep the non-empty leaves, keyed by position; `_loop_unpack` puts
     # zero-size arrays back from the template.
@@ -85,6 +90,8 @@ def _loop_part(ts) -> dict[str, Any]:
             "obs": ts.obs, "noise": ts.noise, "episode_return": ts.episode_return,
             "rng": ts.rng, "env_steps": ts.env_steps, "random_until": ts.random_until,
             "updates_start": ts.updates_start}
+    if version >= 3:
+        part["update_credit"] = ts.update_credit
     if ts.reservoir is not None:  # frame reservoir of Box2D-like envs (loops.py)
         part["reservoir"] = ts.reservoir
     return part
@@ -128,17 +135,22 @@ class Checkpointer:
                 best_mode="max", enable_async_checkpointing=False),
             item_names=ITEMS_BEST)
 
-    def save(self, ts, meta: dict[str, Any], save_buffer: bool) -> int:
+    def save(self, ts, meta: dict[str, Any], save_buffer: bool, unprojected=None) -> int:
+        """Save a resumable step; `unprojected` ({"learner", "provenance"}) is the state
+        before a final projection (trainer._final_projection), which resume continues from."""
         ocp = _ocp()
         step = int(meta["env_steps"])
         args = {
             "learner": ocp.args.StandardSave(ts.learner),
             "provenance": ocp.args.StandardSave(ts.provenance),
             "loop": ocp.args.StandardSave(_loop_part(ts)),
-            "meta": ocp.args.JsonSave({**meta, "buffer_saved": save_buffer}),
+            "meta": ocp.args.JsonSave({**meta, "buffer_saved": save_buffer,
+                                       "final_projection": unprojected is not None}),
         }
         if save_buffer:
             args["buffer"] = ocp.args.StandardSave(ts.buffer)
+        if unprojected is not None:
+            args["unprojected"] = ocp.args.StandardSave(unprojected)
         if step not in self.latest.all_steps():
             self.latest.save(step, args=ocp.args.Composite(**args), force=True)
         self.latest.wait_until_finished()
@@ -256,8 +268,12 @@ def _read_meta(directory: Path, step: int) -> dict[str, Any]:
 def restore_train_state(run_dir: Path, loop, step: int | None = None):
     """(TrainState, meta) of the newest restorable step (or `step`); buffer may be empty.
 
-    Falls back to older steps, with a warning, when the newest cannot be read.
+    The buffer is restored at the capacity it was saved with and grown to the capacity of
+    `loop.cfg` (a resume that extends --total-steps, replay.resize). A step that ended with a
+    final projection resumes from the state before it (`unprojected`). Falls back to older
+    steps, with a warning, when the newest cannot be read.
     """
+    from protosac_jax import replay
     from protosac_jax import loops
 
     directory = Path(run_dir) / "ckpt" / "latest"
@@ -276,10 +292,22 @@ def restore_train_state(run_dir: Path, loop, step: int | None = None):
                 raise CheckpointError(
                     f"{run_dir} holds an inference-only agent (e.g. written by viz.py --prune); "
                     "it has no env or buffer state to resume from")
+            version = meta["format_version"]
             items = {"learner": template.learner, "provenance": template.provenance,
-                     "loop": _loop_part(template), "meta": None}
+                     "loop": _loop_part(template, version), "meta": None}
+            saved_capacity = int(meta.get("buffer_capacity", template.buffer.capacity))
+            if saved_capacity > template.buffer.capacity:
+                raise CheckpointError(
+                    f"{directory / str(candidate)}: its replay buffer has {saved_capacity} rows,"
+                    f" more than this run's {template.buffer.capacity}")
+            buffer_template = jax.eval_shape(
+                lambda: replay.init(saved_capacity, jax.tree_util.tree_map(
+                    lambda x: np.zeros(x.shape[1:], x.dtype), template.buffer.data)))
             if meta.get("buffer_saved"):
-                items["buffer"] = template.buffer
+                items["buffer"] = buffer_template
+            if meta.get("final_projection"):
+                items["unprojected"] = {"learner": template.learner,
+                                        "provenance": template.provenance}
             restored = _restore(directory, candidate, items)
         except CheckpointError:
             raise
@@ -293,13 +321,20 @@ def restore_train_state(run_dir: Path, loop, step: int | None = None):
         if buffer is None:  # not saved: an empty buffer, refilled by the trainer
             buffer = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
                                             template.buffer)
+        buffer = replay.resize(buffer, template.buffer.capacity)
         part = restored["loop"]
+        learner, provenance = restored["learner"], restored["provenance"]
+        if "unprojected" in restored:
+            learner = restored["unprojected"]["learner"]
+            provenance = restored["unprojected"]["provenance"]
         ts = loops.TrainState(
-            learner=restored["learner"], buffer=buffer,
+            learner=learner, buffer=buffer,
             env_state=_loop_unpack(part, template), obs=part["obs"], noise=part["noise"],
-            episode_return=part["episode_return"], provenance=restored["provenance"],
+            episode_return=part["episode_return"], provenance=provenance,
             rng=part["rng"], env_steps=part["env_steps"], random_until=part["random_until"],
-            updates_start=part["updates_start"], reservoir=part.get("reservoir"))
+            updates_start=part["updates_start"],
+            update_credit=part.get("update_credit", np.zeros((), np.int32)),
+            reservoir=part.get("reservoir"))
         return ts, restored["meta"]
     raise CheckpointError(f"{run_dir}: no readable checkpoint ({'; '.join(failures)})")
 

@@ -163,13 +163,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     env = envs.make_env_for(cfg)  # validates the env now (e.g. Discrete actions, missing extra)
     if args.episodes is not None:
         cfg = dataclasses.replace(cfg, total_steps=args.episodes * env.spec.episode_length)
-    if args.eval_every is None and cfg.eval_every > cfg.total_steps:
-        # Chunks end with an evaluation and the run is whole chunks: a short run evaluates once
-        # at its end instead of running on to the preset's first evaluation.
-        cfg = dataclasses.replace(cfg, eval_every=cfg.total_steps)
-    if args.buffer_size is None and cfg.buffer_size > cfg.total_steps:
-        # A buffer larger than the run never fills: size it to the run (memory, checkpoints).
-        cfg = dataclasses.replace(cfg, buffer_size=max(cfg.total_steps, cfg.num_envs))
+    # Nothing here depends on --total-steps beyond the field itself (buffer capacity and the
+    # last chunk are derived from it, config.buffer_capacity / loops.schedule), so a run
+    # resumed to a longer total is the run a fresh command of that length would make.
     config_lib.validate(cfg)
     return cfg
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from fractions import Fraction
 from typing import Any
 
 
@@ -80,14 +82,23 @@ class TrainConfig:
     seed: int = 0
     num_envs: int = 1
     total_steps: int = 10_000  # env steps, summed over envs
+    # Replay capacity asked for. The buffer allocated is min(buffer_size, the run's env steps)
+    # (`buffer_capacity`): a buffer larger than the run never fills. A resumed run that extends
+    # --total-steps grows it to what a fresh run of that length gets, so resuming stays exact.
     buffer_size: int = 100_000
     learning_starts: int = 1_000  # env steps of random actions before updates begin
-    updates_per_step: float = 1.0  # gradient updates per env step (UTD)
+    # Gradient updates per env step (UTD), honoured exactly on average: each iteration adds
+    # num_envs * updates_per_step to an update credit kept in the TrainState and runs its whole
+    # part (`update_fraction`), so 0.25 with one env is one update every fourth step.
+    updates_per_step: float = 1.0
     # Temporal correlation of exploration noise: eps_t = rho*eps_{t-1} + sqrt(1-rho^2)*xi_t.
     # 0 = white noise (standard SAC). Marginals stay N(0,1), so the policy's distribution per
     # step is unchanged; only its autocorrelation is (cf. Eberhard et al. 2023, colored noise).
     noise_correlation: float = 0.0
-    eval_every: int = 2_000  # env steps between evaluations (one jitted chunk)
+    # Env steps between evaluations. Chunks end at multiples of this (one jitted call each);
+    # a run whose total is not a multiple ends with a shorter chunk, and a short run evaluates
+    # once, at its end.
+    eval_every: int = 2_000
     eval_episodes: int = 10
     log_tensorboard: bool = True
     save_every: int = 50_000  # env steps between resumable checkpoints (also saved at the end)
@@ -110,6 +121,42 @@ class TrainConfig:
     @property
     def algo(self) -> str:
         return "sac" if self.baseline else "protosac"
+
+
+def run_steps(cfg: TrainConfig) -> int:
+    """Env steps a run really takes: `total_steps` rounded up to whole iterations (every env
+    steps once per iteration)."""
+    return math.ceil(cfg.total_steps / cfg.num_envs) * cfg.num_envs
+
+
+def buffer_capacity(cfg: TrainConfig) -> int:
+    """Rows allocated for the replay buffer: `buffer_size`, capped at the transitions the run
+    will ever insert. Under the cap the ring never wraps, so growing it on a resume that
+    extends the run (replay.resize) leaves every row where a fresh longer run has it."""
+    return max(cfg.num_envs, min(cfg.buffer_size, run_steps(cfg)))
+
+
+# Largest update-credit denominator: keeps the int32 credit (< numerator + denominator) safe.
+_MAX_DENOMINATOR = 10**6
+
+
+def update_fraction(cfg: TrainConfig) -> tuple[int, int]:
+    """Updates per iteration, num_envs * updates_per_step, as an exact fraction (p, q).
+
+    The decimal the user wrote is taken exactly (0.1 is 1/10, not the nearest binary float);
+    each iteration adds p to an integer credit and runs credit // q updates, so the achieved
+    ratio equals p / q over every q iterations. ConfigError when no fraction with a
+    denominator <= 10^6 matches the value to 1e-9 (relative).
+    """
+    ups = cfg.updates_per_step
+    if not (math.isfinite(ups) and ups > 0):
+        raise ConfigError(f"--updates-per-step must be a finite number > 0 (got {ups})")
+    wanted = Fraction(repr(float(ups))) * cfg.num_envs
+    rate = wanted.limit_denominator(_MAX_DENOMINATOR)
+    if abs(rate - wanted) > wanted * Fraction(1, 10**9) or rate.numerator >= 2**30:
+        raise ConfigError(f"--updates-per-step {ups} x {cfg.num_envs} envs cannot be honoured "
+                          "exactly; give a value with at most 6 decimals")
+    return rate.numerator, rate.denominator
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -146,6 +193,7 @@ def validate(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    update_fraction(cfg)
 
 
 # --------------------------------------------------------------------------- presets

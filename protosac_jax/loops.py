@@ -4,9 +4,12 @@ Device envs (gymnax, MJX): everything inside jitted `lax.scan`s (below). Gymnasi
 same pieces driven by `HostRunner`, one jitted call per host vector step (end of file).
 
 One iteration = every env takes one step (the transitions go into the device buffer), then
-`updates_per_iteration` gradient steps, then a projection of the prototypes if the update
-count crossed a multiple of `projection_every`. `run_chunk` scans many iterations and ends
-with a deterministic evaluation, all in one compiled call; the host only logs between chunks.
+the gradient steps that are due (num_envs * updates_per_step on average, exactly: an integer
+update credit carries the fractional part), then a projection of the prototypes if the update
+count crossed a multiple of `projection_every`. `run_chunk` loops over a traced number of
+iterations and ends with a deterministic evaluation, all in one compiled call; the host only
+logs between chunks. The evaluation draws its key beside the run's RNG stream without
+advancing it, so where the chunks end (eval_every, a resume) never changes the training.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from protosac_jax import config as config_lib
 from protosac_jax import prototype, replay, sac
 from protosac_jax.config import TrainConfig
 from protosac_jax.envs.base import StepResult
@@ -43,6 +47,9 @@ class TrainState:
     env_steps: jax.Array  # int32, summed over envs
     random_until: jax.Array  # int32: env steps below this act uniformly at random (warm-up)
     updates_start: jax.Array  # int32: gradient updates begin once env_steps exceeds this
+    # int32 numerator of the fractional update still owed (config.update_fraction: each
+    # iteration past the warm-up adds p and runs credit // q updates)
+    update_credit: jax.Array
     # "frames" envs (Box2D): ReplayState of {obs, frame} captured during training; projection
     # picks prototype states from it so each prototype has a real picture. None otherwise.
     reservoir: Any = None
@@ -61,8 +68,14 @@ class Loop:
         return self.env.spec
 
     @property
-    def updates_per_iteration(self) -> int:
-        return max(1, round(self.cfg.num_envs * self.cfg.updates_per_step))
+    def update_fraction(self) -> tuple[int, int]:
+        """(p, q): p / q gradient updates per iteration on average (config.update_fraction)."""
+        return config_lib.update_fraction(self.cfg)
+
+    @property
+    def max_updates_per_iteration(self) -> int:
+        p, q = self.update_fraction
+        return -(-p // q)
 
     @property
     def is_proto(self) -> bool:
@@ -105,7 +118,7 @@ def init_state(loop: Loop, key) -> TrainState:
         terminated=jnp.zeros((), jnp.float32), render_state=render)
     ts = TrainState(
         learner=learner,
-        buffer=replay.init(cfg.buffer_size, example),
+        buffer=replay.init(config_lib.buffer_capacity(cfg), example),
         env_state=env_state,
         obs=obs,
         noise=jax.random.normal(noise_key, (cfg.num_envs, spec.action_dim)),
@@ -117,6 +130,7 @@ def init_state(loop: Loop, key) -> TrainState:
         env_steps=jnp.zeros((), jnp.int32),
         random_until=jnp.asarray(cfg.learning_starts, jnp.int32),
         updates_start=jnp.asarray(cfg.learning_starts, jnp.int32),
+        update_credit=jnp.zeros((), jnp.int32),
         reservoir=reservoir,
     )
     # No weakly-typed leaves (gymnax's Pendulum reset has one): the chunk's output state is
@@ -235,36 +249,64 @@ def kmeans_init(loop: Loop, ts: TrainState) -> TrainState:
     return ts.replace(learner=ts.learner.replace(actor_params=params))
 
 
-def maybe_kmeans_init(loop: Loop, ts: TrainState) -> TrainState:
+def maybe_kmeans_init(loop: Loop, ts: TrainState, num_updates) -> TrainState:
     """Run `kmeans_init` right before the very first gradient update (when configured)."""
     if not loop.is_proto or loop.cfg.proto.init != "kmeans":
         return ts
-    first = jnp.logical_and(ts.learner.num_updates == 0, ts.buffer.size > 0)
+    first = (ts.learner.num_updates == 0) & (ts.buffer.size > 0) & (num_updates > 0)
     return jax.lax.cond(first, functools.partial(kmeans_init, loop), lambda ts: ts, ts)
 
 
+def updates_due(loop: Loop, credit):
+    """(new credit, gradient updates this iteration): the credit gains p, q of it make one
+    update. With an integer ratio (q = 1) the count is the static int p."""
+    p, q = loop.update_fraction
+    if q == 1:
+        return credit, p
+    credit = credit + p
+    return credit % q, credit // q
+
+
 def update_step(loop: Loop, ts: TrainState):
-    """`updates_per_iteration` gradient steps, then a projection if one is due."""
-    ts = maybe_kmeans_init(loop, ts)
+    """The gradient steps due this iteration, then a projection if one is due.
+
+    Returns (state, metrics averaged over the steps, number of steps)."""
+    credit, num_updates = updates_due(loop, ts.update_credit)
+    ts = maybe_kmeans_init(loop, ts, num_updates)
     rng, update_key = jax.random.split(ts.rng)
     updates_before = ts.learner.num_updates
+    dynamic = None if isinstance(num_updates, int) else num_updates
     learner, metrics = sac.update_many(
-        ts.learner, ts.buffer, update_key, loop.updates_per_iteration, loop.actor, loop.cfg.sac,
-        loop.spec.action_dim)
-    return maybe_project(loop, ts.replace(learner=learner, rng=rng), updates_before), metrics
+        ts.learner, ts.buffer, update_key, loop.max_updates_per_iteration, loop.actor,
+        loop.cfg.sac, loop.spec.action_dim, num_active=dynamic)
+    ts = ts.replace(learner=learner, rng=rng, update_credit=credit)
+    return (maybe_project(loop, ts, updates_before), metrics,
+            jnp.asarray(num_updates, jnp.int32))
 
 
-def iteration(loop: Loop, ts: TrainState, _=None):
-    """One env step of every env, then updates once env_steps > updates_start."""
+def add_to_totals(totals, metrics, num_updates, started, finished):
+    """Chunk totals: (metric sums weighted by the updates that produced them, gradient
+    updates, iterations past the warm-up, sum of finished episodes' returns, episodes)."""
+    sums, updates, started_count, return_sum, count = totals
+    weight = num_updates.astype(jnp.float32)
+    sums = {k: sums[k] + weight * metrics[k] for k in sums}
+    return (sums, updates + num_updates, started_count + started.astype(jnp.int32),
+            return_sum + finished[0], count + finished[1])
+
+
+def iteration(loop: Loop, carry):
+    """One env step of every env, then the due updates once env_steps > updates_start."""
+    ts, totals = carry
     ts, finished = env_step(loop, ts)
-    updating = ts.env_steps > ts.updates_start
-    metric_shapes = jax.eval_shape(lambda: update_step(loop, ts)[1])
+    started = ts.env_steps > ts.updates_start
+    shapes = jax.eval_shape(lambda: update_step(loop, ts)[1:])
 
     def skip(ts):
-        return ts, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return (ts, *zeros)
 
-    ts, metrics = jax.lax.cond(updating, lambda ts: update_step(loop, ts), skip, ts)
-    return ts, (finished, metrics, updating)
+    ts, metrics, num_updates = jax.lax.cond(started, lambda ts: update_step(loop, ts), skip, ts)
+    return ts, add_to_totals(totals, metrics, num_updates, started, finished)
 
 
 def evaluate(loop: Loop, learner: sac.SACState, key, num_episodes: int):
@@ -288,15 +330,18 @@ def evaluate(loop: Loop, learner: sac.SACState, key, num_episodes: int):
     return total
 
 
-def summarize(loop: Loop, ts: TrainState, totals, num_iterations: int, returns):
-    """The metrics of a chunk from its totals — (metric sums over the iterations that updated,
-    number of such iterations, sum of returns of finished episodes, number finished) — and the
-    evaluation returns. Shared by the device chunk and the host loop."""
-    metric_sums, num_updating, return_sum, count = totals
-    # loss metrics averaged over the iterations that updated (NaN -> null if none did)
-    out = {k: jnp.where(num_updating > 0, v / jnp.maximum(num_updating, 1), jnp.nan)
+def summarize(loop: Loop, ts: TrainState, totals, num_iterations, returns):
+    """The metrics of a chunk from its totals (`add_to_totals`) and the evaluation returns.
+    Shared by the device chunk and the host loop."""
+    metric_sums, num_updates, num_started, return_sum, count = totals
+    # loss metrics averaged over the chunk's gradient updates (NaN -> null if none ran)
+    out = {k: jnp.where(num_updates > 0, v / jnp.maximum(num_updates, 1), jnp.nan)
            for k, v in metric_sums.items()}
-    out["charts/warmup"] = (num_iterations - num_updating) / num_iterations
+    out["charts/warmup"] = (num_iterations - num_started) / num_iterations
+    # the update ratio achieved in this chunk's iterations past the warm-up (--updates-per-step)
+    out["charts/updates_per_step"] = jnp.where(
+        num_started > 0, num_updates / jnp.maximum(num_started * loop.cfg.num_envs, 1), jnp.nan)
+    out["charts/chunk_updates"] = num_updates
     out["charts/episodic_return"] = jnp.where(count > 0, return_sum / jnp.maximum(count, 1),
                                               jnp.nan)
     out["charts/episodes"] = count
@@ -314,21 +359,37 @@ def summarize(loop: Loop, ts: TrainState, totals, num_iterations: int, returns):
     return out
 
 
-def run_chunk(loop: Loop, ts: TrainState, num_iterations: int):
-    """`num_iterations` iterations, then a deterministic evaluation; one compiled program
-    serves warm-up, refill and training (jit with `loop` and `num_iterations` static)."""
-    ts, (finished, metrics, updating) = jax.lax.scan(
-        functools.partial(iteration, loop), ts, None, length=num_iterations)
-    rng, eval_key = jax.random.split(ts.rng)
-    ts = ts.replace(rng=rng)
-    returns = evaluate(loop, ts.learner, eval_key, loop.cfg.eval_episodes)
-    totals = ({k: jnp.sum(v * updating) for k, v in metrics.items()}, jnp.sum(updating),
-              jnp.sum(finished[0]), jnp.sum(finished[1]))
+# fold_in tag of the evaluation key: evaluate with fold_in(ts.rng, EVAL_STREAM), which leaves
+# the training stream untouched (chunk boundaries and extra evaluations change nothing).
+EVAL_STREAM = 7
+
+
+def eval_key(ts: TrainState):
+    return jax.random.fold_in(ts.rng, EVAL_STREAM)
+
+
+def empty_totals(loop: Loop, ts: TrainState):
+    shapes = jax.eval_shape(lambda: update_step(loop, ts)[1])
+    sums = {k: jnp.zeros(s.shape, jnp.float32) for k, s in shapes.items()}
+    zero_i, zero_f = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
+    return sums, zero_i, zero_i, zero_f, zero_i
+
+
+def run_chunk(loop: Loop, ts: TrainState, num_iterations):
+    """`num_iterations` (traced) iterations, then a deterministic evaluation: one compiled
+    program serves warm-up, refill, training and a shorter last chunk (jit with `loop`
+    static)."""
+    num_iterations = jnp.asarray(num_iterations, jnp.int32)
+    ts, totals = jax.lax.fori_loop(
+        0, num_iterations, lambda _, carry: iteration(loop, carry),
+        (ts, empty_totals(loop, ts)))
+    returns = evaluate(loop, ts.learner, eval_key(ts), loop.cfg.eval_episodes)
     return ts, summarize(loop, ts, totals, num_iterations, returns)
 
 
-run_chunk_jit = jax.jit(run_chunk, static_argnums=(0, 2), donate_argnums=(1,))
-project_jit = jax.jit(project, static_argnums=(0,), donate_argnums=(1,))
+run_chunk_jit = jax.jit(run_chunk, static_argnums=(0,), donate_argnums=(1,))
+# not donating: the trainer keeps the state before the final projection for resuming
+project_jit = jax.jit(project, static_argnums=(0,))
 evaluate_jit = jax.jit(evaluate, static_argnums=(0, 3))
 init_state_jit = jax.jit(init_state, static_argnums=(0,))
 
@@ -341,14 +402,19 @@ def chunk_iterations(cfg: TrainConfig) -> int:
 def schedule(cfg: TrainConfig, done_iterations: int = 0) -> list[int]:
     """Sizes of the chunks still to run after `done_iterations`.
 
-    Every chunk has the same size, so one compiled program serves the whole run (warm-up
-    included) and a resumed run replays exactly the chunks of an uninterrupted one. The total
-    is rounded up to whole chunks: `total_steps` is a floor.
+    Chunks end at multiples of `chunk_iterations` counted from the start of the run, and the
+    last one ends at the run's end (`config.run_steps`), so it may be shorter. The chunk size
+    is a traced argument of one compiled program, and the training does not depend on where
+    chunks end, so a resumed run (or any other split) trains exactly as an uninterrupted one.
     """
     chunk = chunk_iterations(cfg)
-    total_iters = max(1, math.ceil(cfg.total_steps / cfg.num_envs))
-    remaining = max(0, math.ceil(total_iters / chunk) * chunk - done_iterations)
-    return [chunk] * math.ceil(remaining / chunk)
+    total_iters = config_lib.run_steps(cfg) // cfg.num_envs
+    sizes, done = [], done_iterations
+    while done < total_iters:
+        end = min(total_iters, (done // chunk + 1) * chunk)
+        sizes.append(end - done)
+        done = end
+    return sizes
 
 
 # --------------------------------------------------------------------------- host loop
@@ -374,20 +440,14 @@ def host_iteration(loop: Loop, ts: TrainState, totals, actions, obs, reward, ter
     result = StepResult(env_state=ts.env_state, obs=obs, reward=reward, terminated=terminated,
                         truncated=truncated, final_obs=final_obs)
     ts, finished = record_step(loop, ts, actions, result, render)
-    sums, num_updating, return_sum, count = totals
     if updating:
-        ts, metrics = update_step(loop, ts)
-        sums = {k: sums[k] + metrics[k] for k in sums}
-    totals = (sums, num_updating + int(updating), return_sum + finished[0], count + finished[1])
+        ts, metrics, num_updates = update_step(loop, ts)
+    else:
+        metrics = {k: jnp.zeros_like(v) for k, v in totals[0].items()}
+        num_updates = jnp.zeros((), jnp.int32)
+    totals = add_to_totals(totals, metrics, num_updates, jnp.asarray(updating), finished)
     ts, next_actions = host_act(loop, ts)
     return ts, totals, next_actions
-
-
-def empty_totals(loop: Loop, ts: TrainState):
-    shapes = jax.eval_shape(lambda: update_step(loop, ts)[1])
-    sums = {k: jnp.zeros(s.shape, jnp.float32) for k, s in shapes.items()}
-    zero_i, zero_f = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
-    return sums, zero_i, zero_f, zero_i
 
 
 def start_episodes(loop: Loop, ts: TrainState, obs):
@@ -412,7 +472,7 @@ host_iteration_jit = jax.jit(host_iteration, static_argnums=(0, 10), donate_argn
 start_episodes_jit = jax.jit(start_episodes, static_argnums=(0,), donate_argnums=(1,))
 add_frame_jit = jax.jit(add_frame, donate_argnums=(0,))
 empty_totals_jit = jax.jit(empty_totals, static_argnums=(0,))
-summarize_jit = jax.jit(summarize, static_argnums=(0, 3))
+summarize_jit = jax.jit(summarize, static_argnums=(0,))
 deterministic_actions_jit = jax.jit(deterministic_actions, static_argnums=(0,))
 
 
@@ -462,19 +522,23 @@ class HostRunner:
             ts, totals, self.actions = host_iteration_jit(
                 loop, ts, totals, self.actions, obs, reward, terminated, truncated, final_obs,
                 render, env_steps > updates_start)
-        returns = self.evaluate(ts.learner, loop.cfg.eval_episodes)
+        returns = self.evaluate(ts.learner, loop.cfg.eval_episodes, int(ts.env_steps))
         return ts, summarize_jit(loop, ts, totals, num_iterations, jnp.asarray(returns))
 
-    def evaluate(self, learner: sac.SACState, num_episodes: int) -> np.ndarray:
-        """Deterministic returns of `num_episodes` episodes, one env each, stepped together."""
+    def evaluate(self, learner: sac.SACState, num_episodes: int, env_steps: int) -> np.ndarray:
+        """Deterministic returns of `num_episodes` episodes, one env each, stepped together.
+
+        The evaluation at `env_steps` starts env i from seed base + env_steps * n + i: no two
+        evaluations of a run share a start state (env_steps differ by >= 1), and the same
+        evaluation after a resume starts from the same states."""
         from protosac_jax.envs.gym_envs import GymVectorEnv
 
         loop = self.loop
         t0 = time.perf_counter()
         if self.eval_envs is None:
-            self.eval_envs = GymVectorEnv(loop.env, num_episodes,
-                                          seed=loop.cfg.seed * 1_000_003 + 999_983)
-        self.eval_envs.seed += 1  # fresh episodes at every evaluation
+            self.eval_envs = GymVectorEnv(loop.env, num_episodes, seed=0)
+        self.eval_envs.seed = (loop.cfg.seed * 1_000_003 + 999_983
+                               + env_steps * num_episodes)
         obs = self.eval_envs.reset()
         total = np.zeros(num_episodes)
         alive = np.ones(num_episodes, bool)

@@ -57,4 +57,5 @@ def state_shardings(ts, mesh: Mesh, num_envs: int):
         env_state=jax.tree_util.tree_map(per_env, ts.env_state),
         obs=per_env(ts.obs), noise=per_env(ts.noise), episode_return=per_env(ts.episode_return),
         provenance=jax.tree_util.tree_map(lambda _: replicated, ts.provenance),
-        rng=replicated, env_steps=replicated, random_until=replicated, updates_start=replicated)
+        rng=replicated, env_steps=replicated, random_until=replicated, updates_start=replicated,
+        update_credit=replicated)

@@ -80,3 +80,34 @@ def full_next_obs(obs, next_obs):
     if next_obs.ndim != obs.ndim or channels == obs.shape[-1]:
         return next_obs
     return jnp.concatenate([obs[..., channels:], next_obs], axis=-1)
+
+
+def resize(state: ReplayState, capacity: int) -> ReplayState:
+    """The same transitions in a buffer of `capacity` rows (>= the current capacity).
+
+    A buffer that has not wrapped keeps every row where it is, so it is exactly the buffer of
+    a run that had `capacity` from the start (a resumed run that extends --total-steps relies
+    on this). A wrapped one is laid out oldest first, then filled on. Runs on the host (numpy)
+    so a large restored buffer is not copied through the device twice.
+    """
+    import numpy as np
+
+    old = state.capacity
+    if capacity == old:
+        return state
+    if capacity < old:
+        raise ValueError(f"cannot shrink a replay buffer ({old} -> {capacity} rows)")
+    size, position = int(state.size), int(state.insert_position)
+    wrapped = size == old and position != 0
+    order = (position + np.arange(old)) % old if wrapped else np.arange(old)
+
+    def grow(rows):
+        rows = np.asarray(rows)
+        out = np.zeros((capacity,) + rows.shape[1:], rows.dtype)
+        out[:old] = rows[order]
+        return out
+
+    new_position = size if size < old else old
+    return ReplayState(data=jax.tree_util.tree_map(lambda x: jnp.asarray(grow(x)), state.data),
+                       insert_position=jnp.asarray(new_position % capacity, jnp.int32),
+                       size=jnp.asarray(size, jnp.int32))

@@ -184,26 +184,45 @@ def update(state: SACState, batch: replay.Transition, key, actor, cfg: SACConfig
 
 
 def update_many(state: SACState, buffer: replay.ReplayState, key, num_updates: int, actor,
-                cfg: SACConfig, action_dim: int):
+                cfg: SACConfig, action_dim: int, num_active=None):
     """`num_updates` gradient steps in one `lax.scan`, each on a fresh uniform batch.
 
-    Returns the new state and the metrics averaged over the steps.
+    With `num_active` (a traced int <= num_updates) only the first `num_active` steps run,
+    the others are skipped by `lax.cond` (a fractional update ratio, loops.update_step).
+    Returns the new state and the metrics averaged over the steps that ran (0 when none).
     """
 
-    def step(carry, step_key):
+    def one(carry, step_key):
         sample_key, update_key = jax.random.split(step_key)
         batch = replay.sample(buffer, sample_key, cfg.batch_size)
         return update(carry, batch, update_key, actor, cfg, action_dim)
 
+    if num_active is None:
+        step = one
+    else:
+        shapes = jax.eval_shape(one, state, key)[1]
+
+        def step(carry, inputs):
+            index, step_key = inputs
+
+            def skip(carry, _):
+                return carry, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                                     shapes)
+            return jax.lax.cond(index < num_active, one, skip, carry, step_key)
+
     keys = jax.random.split(key, num_updates)
+    inputs = keys if num_active is None else (jnp.arange(num_updates), keys)
     if is_pixels(buffer.data.obs):
         # Pixels: straight-line code. XLA:CPU runs convolutions inside a loop body ~5x slower
         # than at top level (CarRacing update: 0.78 s in a scan, 0.14 s unrolled, same math).
         outputs = []
-        for step_key in keys:
-            state, step_metrics = step(state, step_key)
+        for i in range(num_updates):
+            state, step_metrics = step(state, jax.tree_util.tree_map(lambda x: x[i], inputs))
             outputs.append(step_metrics)
         metrics = jax.tree_util.tree_map(lambda *m: jnp.stack(m), *outputs)
     else:
-        state, metrics = jax.lax.scan(step, state, keys)
-    return state, jax.tree_util.tree_map(jnp.mean, metrics)
+        state, metrics = jax.lax.scan(step, state, inputs)
+    if num_active is None:
+        return state, jax.tree_util.tree_map(jnp.mean, metrics)
+    count = jnp.maximum(jnp.minimum(num_active, num_updates), 1).astype(jnp.float32)
+    return state, jax.tree_util.tree_map(lambda m: jnp.sum(m, axis=0) / count, metrics)

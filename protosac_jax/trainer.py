@@ -171,7 +171,7 @@ def _gib(tree) -> float:
 def _first_non_finite(metrics: dict[str, Any]) -> str | None:
     if metrics.get("health/params_finite") == 0.0:
         return "parameters"
-    if metrics.get("charts/warmup") == 1.0:  # no updates in this chunk: no losses to check
+    if not metrics.get("charts/chunk_updates"):  # no updates in this chunk: no losses to check
         return None
     for key, value in metrics.items():
         if key.startswith("losses/") and (value is None or not math.isfinite(value)):
@@ -180,15 +180,18 @@ def _first_non_finite(metrics: dict[str, Any]) -> str | None:
 
 
 def _final_projection(loop: loops.Loop, ts, run_chunk):
-    """(state with every prototype projected, deterministic eval return of that policy)."""
-    ts = loops.project_jit(loop, ts)
-    n = loop.cfg.eval_episodes
-    if loop.on_host:
-        returns = run_chunk.evaluate(ts.learner, n)
-    else:
-        key = jax.random.fold_in(ts.rng, 7)  # does not advance the run's RNG
-        returns = loops.evaluate_jit(loop, ts.learner, key, n)
-    return ts, float(np.mean(np.asarray(returns)))
+    """(state with every prototype projected, deterministic eval return of that policy,
+    {"learner", "provenance"} before the projection: what a resume continues from).
+
+    The evaluation is a chunk of zero iterations (the compiled chunk, no second program) and
+    starts from the states of the chunk's own evaluation, so the two returns compare the same
+    episodes before and after the projection."""
+    # copies: the chunk donates its input state, and the projection passes unchanged leaves
+    # (critic, optimizer states) through to the state that is donated
+    unprojected = jax.tree_util.tree_map(jnp.copy, {"learner": ts.learner,
+                                                    "provenance": ts.provenance})
+    ts, metrics = run_chunk(loop, loops.project_jit(loop, ts), 0)
+    return ts, float(np.asarray(metrics["eval/return_mean"])), unprojected
 
 
 def _record_video(loop: loops.Loop, ts, run_dir: Path, env_steps: int, quiet: bool) -> bool:
@@ -257,8 +260,9 @@ def _chunk_runner(loop: loops.Loop, ts):
     shardings = parallel.state_shardings(ts, mesh, loop.cfg.num_envs)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     ts = jax.device_put(ts, shardings)
-    jitted = jax.jit(loops.run_chunk, static_argnums=(0, 2), donate_argnums=(1,),
-                     in_shardings=(shardings,), out_shardings=(shardings, replicated))
+    jitted = jax.jit(loops.run_chunk, static_argnums=(0,), donate_argnums=(1,),
+                     in_shardings=(shardings, replicated),
+                     out_shardings=(shardings, replicated))
     return ts, jitted
 
 
@@ -300,14 +304,15 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
     chunks = loops.schedule(cfg, done_iterations=start_steps // cfg.num_envs)
     if refill:
         # Resumed without a saved buffer: collect with the current policy before updating.
-        refill_steps = max(cfg.num_envs, min(cfg.learning_starts, cfg.buffer_size))
+        refill_steps = max(cfg.num_envs, min(cfg.learning_starts,
+                                             config_lib.buffer_capacity(cfg)))
         ts = ts.replace(updates_start=jnp.asarray(start_steps + refill_steps, jnp.int32))
         if not quiet:
             print(f"resume: the buffer was not saved; refilling {refill_steps} env steps with "
                   "the current policy before updating", file=sys.stderr)
     ts, run_chunk = _chunk_runner(loop, ts)
     if not quiet:
-        print(f"replay buffer: {cfg.buffer_size} transitions, "
+        print(f"replay buffer: {ts.buffer.capacity} transitions, "
               f"{_gib(ts.buffer.data):.2f} GiB on {jax.devices()[0].platform}"
               + (" (resume of a Gymnasium run: episodes in progress restart)"
                  if loop.on_host and start_steps else ""), file=sys.stderr)
@@ -327,7 +332,8 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
     def meta(eval_return):
         return {"format_version": checkpoint.FORMAT_VERSION,
                 "spec": dataclasses.asdict(loop.spec), "env_steps": env_steps,
-                "updates": updates, "eval_return": eval_return, "algo": cfg.algo}
+                "updates": updates, "eval_return": eval_return, "algo": cfg.algo,
+                "buffer_capacity": int(ts.buffer.capacity)}
 
     try:
         with _SignalGuard() as guard:
@@ -335,7 +341,7 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                 t0 = time.perf_counter()
                 ts, metrics = run_chunk(loop, ts, iterations)
                 metrics = _to_python(jax.device_get(metrics))
-                if metrics["charts/warmup"] == 1.0:  # no update ran: drop the empty averages
+                if not metrics["charts/chunk_updates"]:  # no update ran: drop empty averages
                     metrics = {k: v for k, v in metrics.items() if v is not None
                                or not k.startswith(("losses/", "charts/alpha", "charts/entropy",
                                                     "proto/orthogonality", "proto/weight_",
@@ -363,12 +369,16 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                     raise TrainingDiverged(
                         f"non-finite {bad} at env step {env_steps} (update {updates}); "
                         f"training stopped, {where}")
+                unprojected = None
                 if index == len(chunks) - 1 and loops.needs_final_projection(loop, ts):
                     # End on real states: project once more (the re-fit keeps the policy) and
-                    # evaluate the policy that is saved.
+                    # evaluate the policy that is saved. The checkpoint keeps the state before
+                    # this projection too: a resumed run continues from it, exactly as a
+                    # longer run that never stopped here.
                     metrics["eval/return_mean_before_final_projection"] = \
                         metrics["eval/return_mean"]
-                    ts, metrics["eval/return_mean"] = _final_projection(loop, ts, run_chunk)
+                    ts, metrics["eval/return_mean"], unprojected = _final_projection(
+                        loop, ts, run_chunk)
                 history.append({"env_steps": env_steps, **metrics})
                 logger.log(env_steps, metrics)
                 bar.update(steps)
@@ -379,7 +389,7 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                     "alpha": f"{metrics.get('charts/alpha') or float('nan'):.3f}",
                 })
                 eval_return = metrics["eval/return_mean"]
-                trained = metrics["charts/warmup"] < 1.0
+                trained = bool(metrics["charts/chunk_updates"])
                 t_save = time.perf_counter()
                 if trained and eval_return is not None and eval_return > best_eval:
                     best_eval = eval_return
@@ -387,7 +397,8 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                 last_chunk = index == len(chunks) - 1
                 crossed = env_steps // cfg.save_every > (env_steps - steps) // cfg.save_every
                 if last_chunk or crossed or guard.received is not None:
-                    last_saved = checkpointer.save(ts, meta(eval_return), cfg.save_buffer)
+                    last_saved = checkpointer.save(ts, meta(eval_return), cfg.save_buffer,
+                                                   unprojected=unprojected)
                 checkpoint_s += time.perf_counter() - t_save
                 if cfg.video_every and video_ok and \
                         env_steps // cfg.video_every > (env_steps - steps) // cfg.video_every:

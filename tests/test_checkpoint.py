@@ -95,6 +95,23 @@ def test_load_agent_acts_explains_and_baseline_refuses_explain(tmp_path):
         baseline.explain(obs)
 
 
+def test_stochastic_act_draws_fresh_noise_unless_given_a_seed_or_key(finished_run):
+    agent = protosac_jax.load(finished_run)
+    obs = np.array([1.0, 0.0, 0.5], np.float32)
+    draws = [float(agent.act(obs, deterministic=False)[0]) for _ in range(5)]
+    assert len(set(draws)) == 5  # a rollout loop in a notebook really explores
+    assert agent.act(obs, deterministic=False, seed=3) == agent.act(obs, deterministic=False,
+                                                                   seed=3)
+    key = jax.random.PRNGKey(11)
+    np.testing.assert_array_equal(agent.act(obs, deterministic=False, key=key),
+                                  agent.act(obs, deterministic=False, key=key))
+    # a freshly loaded agent replays the same stream (reproducible notebooks)
+    again = protosac_jax.load(finished_run)
+    assert [float(again.act(obs, deterministic=False)[0]) for _ in range(5)] == draws
+    # the deterministic action is unaffected by the draws
+    assert agent.act(obs) == again.act(obs)
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "r"

@@ -58,3 +58,30 @@ def test_insert_and_sample_jit():
     for i in range(5):
         state = insert(state, _batch([i, i + 10]))
     assert int(state.size) == 8 and int(state.insert_position) == 2
+
+
+@pytest.mark.parametrize("first", [[1, 2, 3], [1, 2, 3, 4]])  # partly filled, exactly full
+def test_resize_of_an_unwrapped_buffer_is_the_buffer_that_was_big_from_the_start(first):
+    small = replay.insert(replay.init(4, _item(0)), _batch(first))
+    big = replay.insert(replay.init(8, _item(0)), _batch(first))
+    grown = replay.resize(small, 8)
+    assert grown.capacity == 8
+    for a, b in zip(jax.tree_util.tree_leaves(grown), jax.tree_util.tree_leaves(big)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # and it goes on exactly alike
+    grown = replay.insert(grown, _batch([9, 10]))
+    big = replay.insert(big, _batch([9, 10]))
+    np.testing.assert_array_equal(np.asarray(grown.data["reward"]), np.asarray(big.data["reward"]))
+    assert int(grown.insert_position) == int(big.insert_position)
+
+
+def test_resize_of_a_wrapped_buffer_keeps_every_transition_oldest_first():
+    state = replay.insert(replay.init(4, _item(0)), _batch([1, 2, 3, 4]))
+    state = replay.insert(state, _batch([5, 6]))  # rows [5 6 3 4]
+    grown = replay.resize(state, 6)
+    np.testing.assert_array_equal(np.asarray(grown.data["reward"]), [3, 4, 5, 6, 0, 0])
+    assert int(grown.size) == 4 and int(grown.insert_position) == 4
+    grown = replay.insert(grown, _batch([7, 8, 9]))  # fills the new rows, then the oldest (3)
+    np.testing.assert_array_equal(np.asarray(grown.data["reward"]), [9, 4, 5, 6, 7, 8])
+    with pytest.raises(ValueError, match="shrink"):
+        replay.resize(state, 3)

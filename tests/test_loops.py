@@ -1,0 +1,152 @@
+"""The training loop's counters: chunk schedule, exact update ratios, evaluation streams."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from protosac_jax import config as config_lib
+from protosac_jax import loops
+from protosac_jax.config import ConfigError
+from protosac_jax.envs import make_env
+
+
+def small_cfg(**kw):
+    kw = {"learning_starts": 8, "eval_episodes": 2, "buffer_size": 1000, **kw}
+    cfg = dataclasses.replace(config_lib.preset("pendulum"), **kw)
+    return dataclasses.replace(
+        cfg, sac=dataclasses.replace(cfg.sac, hidden_sizes=(16,), batch_size=8),
+        proto=dataclasses.replace(cfg.proto, num_prototypes=4, latent_dim=4,
+                                  projection_every=0))
+
+
+def make(cfg):
+    env = make_env("pendulum")
+    loop = loops.Loop(env, loops.make_actor(cfg, 1), cfg)
+    return loop, loops.init_state_jit(loop, jax.random.PRNGKey(cfg.seed))
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))
+
+
+@pytest.mark.parametrize("total,num_envs,eval_every,done,expected", [
+    (10_000, 1, 1_000, 0, [1000] * 10),
+    (2_500, 1, 1_000, 0, [1000, 1000, 500]),          # a shorter last chunk, not 3000 steps
+    (2_500, 1, 1_000, 1_200, [800, 500]),             # resumed mid-chunk: back on the grid
+    (300, 4, 1_000, 0, [75]),                          # shorter than eval_every: one chunk
+    (301, 4, 100, 0, [25, 25, 25, 1]),                 # rounded up to whole iterations only
+    (5_600, 16, 10_000, 0, [350]),
+    (11_200, 16, 10_000, 350, [275, 75]),
+])
+def test_schedule_ends_chunks_on_the_eval_grid_and_at_the_run_end(total, num_envs, eval_every,
+                                                                   done, expected):
+    cfg = dataclasses.replace(config_lib.TrainConfig(), total_steps=total, num_envs=num_envs,
+                              eval_every=eval_every)
+    assert loops.schedule(cfg, done) == expected
+
+
+def test_a_short_run_then_the_rest_runs_the_chunks_of_the_whole_run():
+    whole = dataclasses.replace(config_lib.TrainConfig(), total_steps=2_400, eval_every=1_000)
+    short = dataclasses.replace(whole, total_steps=1_200)
+    first = loops.schedule(short)
+    rest = loops.schedule(whole, sum(first))
+    assert sum(first) + sum(rest) == sum(loops.schedule(whole)) == 2_400
+    # evaluations of the resumed run fall where the whole run's do (plus the short run's end)
+    ends = np.cumsum(first + rest).tolist()
+    assert set(np.cumsum(loops.schedule(whole)).tolist()) <= set(ends)
+
+
+# One config for the tests below, so they share one compiled chunk: a fractional ratio (one
+# update every fourth iteration) exercises the update credit.
+QUARTER = dict(updates_per_step=0.25, learning_starts=0)
+
+
+def test_where_chunks_end_does_not_change_training():
+    """Two chunks of 30 iterations are bitwise one chunk of 60: the evaluation at the end of a
+    chunk draws its key beside the training stream (resume and eval_every rely on this)."""
+    cfg = small_cfg(**QUARTER)
+    loop, ts = make(cfg)
+    split, _ = loops.run_chunk_jit(loop, ts, 30)
+    split, _ = loops.run_chunk_jit(loop, split, 30)
+    _, ts = make(cfg)
+    whole, _ = loops.run_chunk_jit(loop, ts, 60)
+    assert int(whole.learner.num_updates) == 15
+    assert same(split, whole)
+
+
+@pytest.mark.parametrize("num_envs,ups,iterations,expected", [
+    (1, 0.25, 40, 10),     # was 40 (rounded up to 1 per iteration)
+    (5, 0.5, 10, 25),      # was 20 (Python rounds 2.5 to 2)
+])
+def test_updates_per_step_is_honoured_exactly(num_envs, ups, iterations, expected):
+    cfg = small_cfg(num_envs=num_envs, updates_per_step=ups, learning_starts=0)
+    loop, ts = make(cfg)
+    ts, metrics = loops.run_chunk_jit(loop, ts, iterations)
+    assert int(ts.learner.num_updates) == expected
+    assert float(metrics["charts/updates_per_step"]) == pytest.approx(ups)
+    assert int(metrics["charts/chunk_updates"]) == expected
+    assert np.isfinite(float(metrics["losses/critic"]))
+
+
+def test_fractional_update_credit_carries_across_chunks():
+    """7 chunks of 3 iterations at 0.25 updates per iteration: 21 iterations -> 5 updates, the
+    same as one chunk of 21 (the credit is part of the state, and so of checkpoints)."""
+    cfg = small_cfg(**QUARTER)
+    loop, ts = make(cfg)
+    for _ in range(7):
+        ts, _ = loops.run_chunk_jit(loop, ts, 3)
+    _, fresh = make(cfg)
+    whole, _ = loops.run_chunk_jit(loop, fresh, 21)
+    assert int(ts.learner.num_updates) == 5 and int(ts.update_credit) == 1
+    assert same(ts, whole)
+
+
+def test_update_fraction_takes_the_decimal_exactly_or_refuses():
+    fraction = lambda n, ups: config_lib.update_fraction(  # noqa: E731
+        dataclasses.replace(config_lib.TrainConfig(), num_envs=n, updates_per_step=ups))
+    assert fraction(1, 0.1) == (1, 10)
+    assert fraction(3, 0.1) == (3, 10)
+    assert fraction(128, 0.125) == (16, 1)
+    assert fraction(5, 0.5) == (5, 2)
+    with pytest.raises(ConfigError, match="cannot be honoured exactly"):
+        fraction(1, 1.23456789e-3)
+    with pytest.raises(ConfigError, match="updates-per-step"):
+        config_lib.validate(dataclasses.replace(config_lib.TrainConfig(),
+                                                updates_per_step=float("nan")))
+
+
+def test_gymnasium_evaluations_never_share_start_states(monkeypatch):
+    """Evaluation e used to seed env i with base + e + i: 9 of 10 start states repeated in
+    the next evaluation. Now each evaluation has its own block of seeds."""
+    from protosac_jax.envs import gym_envs, make_env_for
+
+    cfg = dataclasses.replace(small_cfg(env="Pendulum-v1"), eval_episodes=4)
+    env = make_env_for(cfg)
+    assert env.on_host
+    loop = loops.Loop(env, loops.make_actor(cfg, 1), cfg)
+    ts = loops.init_state_jit(loop, jax.random.PRNGKey(0))
+    starts = []
+    reset = gym_envs.GymVectorEnv.reset
+
+    def recording_reset(self):
+        obs = reset(self)
+        starts.append(np.asarray(obs).copy())
+        return obs
+
+    monkeypatch.setattr(gym_envs.GymVectorEnv, "reset", recording_reset)
+    runner = loops.HostRunner(loop)
+    try:
+        for env_steps in (1000, 1001, 2000, 1000):
+            runner.evaluate(ts.learner, 4, env_steps)
+    finally:
+        runner.close()
+    first, second, third, again = starts
+    rows = np.concatenate([first, second, third])
+    assert len({tuple(np.round(r, 6)) for r in rows}) == 12  # 3 evaluations x 4 fresh states
+    np.testing.assert_array_equal(first, again)  # the same evaluation step: the same states
