@@ -38,17 +38,46 @@ def test_masks_delete_exactly_k_and_weights_renormalise():
 @pytest.mark.parametrize("distribution", ["blend", "mixture"])
 def test_explanation_decomposes_the_action(distribution):
     actor = ProtoActor(2, PrototypeConfig(num_prototypes=4, latent_dim=3,
-                                          distribution=distribution), (8,))
+                                          distribution=distribution, init_log_std=-1.0), (8,))
     obs = jax.random.normal(jax.random.PRNGKey(1), (7, 5))
     params = actor.init(jax.random.PRNGKey(2), obs)
+    inner = dict(params["params"])  # distinct heads, large enough that tanh(m) != m
+    inner["proto_means"] = jnp.array([[-1.2, 0.8], [0.9, 1.1], [0.3, -1.0], [1.4, -0.6]])
+    params = {**params, "params": inner}
     e = interpret.explain(actor, params, obs, top_k=2)
     np.testing.assert_allclose(e["action"], np.asarray(actor.deterministic(params, obs)),
                                atol=1e-5)
-    if distribution == "blend":
-        np.testing.assert_allclose(np.tanh(e["contributions"].sum(1)), e["action"], atol=1e-5)
+    np.testing.assert_allclose(e["contributions"].sum(1), e["pre_squash_mean"], atol=1e-6)
     np.testing.assert_allclose(e["contribution_share"].sum(1), 1.0, rtol=1e-5)
     assert e["top_k"].shape == (7, 2) and e["top_k_share"].shape == (7, 2, 2)
     assert np.all(e["top_k_weights"][:, 0] >= e["top_k_weights"][:, 1])
+    # Checked against what the actor itself does, not against a copy of explain's formula.
+    # `act` draws the policy: blend u = w@m + std*noise; mixture: a component c ~ w, then
+    # u = m_c + std_c*noise. Each state's pre-squash mean E[u] = sum_k w_k m_k is the sum of
+    # the contributions, and contribution k = E[u 1{the action came from prototype k}].
+    n = 20_000
+    keys = jax.random.split(jax.random.PRNGKey(3), n)
+    act = jax.jit(jax.vmap(lambda noise, key: actor.act(params, obs, noise, key)))
+    noise = jax.random.normal(jax.random.PRNGKey(4), (n, 7, 2))
+    u = np.arctanh(np.clip(np.asarray(act(noise, keys), np.float64), -1 + 1e-7, 1 - 1e-7))
+    # 20k samples of u (std < 1.2): standard error of the mean < 0.01
+    np.testing.assert_allclose(u.mean(0), e["pre_squash_mean"], atol=0.03)
+    if distribution == "blend":
+        np.testing.assert_allclose(np.tanh(e["contributions"].sum(1)), e["action"], atol=1e-5)
+        return
+    # Without noise each action is tanh(m_c) exactly: which prototype acted is visible.
+    u0 = np.arctanh(np.asarray(act(jnp.zeros((n, 7, 2)), keys), np.float64))  # [n, 7, A]
+    means = np.asarray(params["params"]["proto_means"], np.float64)  # [K, A]
+    chosen = np.argmin(((u0[:, :, None] - means[None, None]) ** 2).sum(-1), axis=-1)  # [n, 7]
+    np.testing.assert_allclose(u0, means[chosen], atol=1e-4)
+    onehot = chosen[..., None] == np.arange(4)  # [n, 7, K]
+    np.testing.assert_allclose(onehot.mean(0), e["weights"], atol=0.02)  # w = P(component)
+    empirical = (onehot[..., None] * u0[:, :, None, :]).mean(0)  # E[u0 1{c=k}]: [7, K, A]
+    np.testing.assert_allclose(e["contributions"], empirical, atol=0.02)
+    # the decision explained is the most-weighted prototype: (one of) the actor's most frequent
+    freq = onehot.mean(0)
+    assert np.all(np.take_along_axis(freq, e["top_k"][:, :1], -1)[:, 0] >= freq.max(-1) - 0.02)
+    np.testing.assert_allclose(e["action"], np.tanh(means[e["top_k"][:, 0]]), atol=1e-5)
 
 
 def test_action_change_curves_on_a_crisp_agent_favour_the_top_prototype():

@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,11 @@ ACTORS = {
 }
 
 
+def _named_leaves(tree):
+    return [(jax.tree_util.keystr(path), np.asarray(leaf))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+
+
 @pytest.mark.parametrize("name", list(ACTORS))
 def test_update_changes_everything_and_polyak_is_exact(name):
     actor = ACTORS[name]
@@ -38,29 +44,133 @@ def test_update_changes_everything_and_polyak_is_exact(name):
     assert int(new.num_updates) == 1
     for key in ("losses/critic", "losses/actor", "charts/alpha", "charts/entropy"):
         assert np.isfinite(float(metrics[key]))
-    leaves = lambda t: jax.tree_util.tree_leaves(t)  # noqa: E731
-    assert any(not np.allclose(a, b) for a, b in zip(leaves(new.actor_params),
-                                                      leaves(state.actor_params)))
-    # target <- tau * online + (1 - tau) * target
-    for tgt, old_tgt, online in zip(leaves(new.target_critic_params),
-                                    leaves(state.target_critic_params),
-                                    leaves(new.critic_params)):
-        np.testing.assert_allclose(tgt, 0.1 * online + 0.9 * old_tgt, rtol=1e-5, atol=1e-6)
+    # Every learned leaf takes a step: each actor and critic parameter, each optimizer-state
+    # leaf (Adam's count and both moments, for actor, critic and temperature), and log_alpha.
+    for part in ("actor_params", "critic_params", "actor_opt_state", "critic_opt_state",
+                 "alpha_opt_state", "log_alpha"):
+        old_leaves, new_leaves = (_named_leaves(getattr(s, part)) for s in (state, new))
+        assert len(old_leaves) == len(new_leaves) > 0, part
+        for (path, a), (_, b) in zip(old_leaves, new_leaves):
+            assert a.shape == b.shape and a.dtype == b.dtype, (part, path)
+            assert not np.array_equal(a, b), f"{part}{path} did not change in the update"
+    # Adam's first step moves each parameter by at most ~lr (|m/sqrt(v)| <= 1 at step 1)
+    for part, lr in (("actor_params", CFG.actor_lr), ("critic_params", CFG.critic_lr)):
+        for (path, a), (_, b) in zip(_named_leaves(getattr(state, part)),
+                                     _named_leaves(getattr(new, part))):
+            assert np.abs(b - a).max() <= 1.001 * lr, (part, path)
+    # target <- tau * online + (1 - tau) * target, for every leaf, with the new online params
+    tau = CFG.tau
+    targets = _named_leaves(new.target_critic_params)
+    assert [p for p, _ in targets] == [p for p, _ in _named_leaves(new.critic_params)]
+    for (path, tgt), (_, old_tgt), (_, online) in zip(
+            targets, _named_leaves(state.target_critic_params),
+            _named_leaves(new.critic_params)):
+        expected = (tau * online.astype(np.float64) + (1.0 - tau) * old_tgt.astype(np.float64))
+        np.testing.assert_allclose(tgt, expected, rtol=1e-6, atol=1e-9, err_msg=path)
+        # and it is neither the old target nor a copy of the online critic
+        assert not np.array_equal(tgt, old_tgt) and not np.array_equal(tgt, online), path
 
 
-def test_terminated_transitions_do_not_bootstrap_truncated_do():
-    actor = ACTORS["baseline"]
+# One vector step of three envs, built by hand: env 0 hit the time limit (truncated: the env
+# reset itself, `obs` is the new episode's first obs, `final_obs` the real last one), env 1
+# reached a terminal state, env 2 simply went on.
+TRUNCATED, TERMINATED, RUNNING = 0, 1, 2
+STEP_TERMINATED = np.array([0.0, 1.0, 0.0], np.float32)  # what only true terminations give
+
+
+@functools.lru_cache(maxsize=None)
+def _recorded_step():
+    """(state before, actions, the StepResult, state after `loops.record_step`, finished)."""
+    import types
+
+    from protosac_jax import loops
+    from protosac_jax.config import TrainConfig
+    from protosac_jax.envs.base import EnvSpec, StepResult
+
+    # Pendulum-shaped spec and a bare state: all record_step reads (no env is built or run)
+    spec = EnvSpec(name="pendulum", env_id="Pendulum-v1", backend="gymnax", obs_shape=(3,),
+                   action_dim=1, action_low=(-2.0,), action_high=(2.0,), episode_length=200,
+                   render_dim=1)
+    cfg = TrainConfig(env="pendulum", baseline=True, num_envs=3, buffer_size=8, sac=CFG)
+    loop = loops.Loop(env=types.SimpleNamespace(spec=spec), actor=None, cfg=cfg)
+    example = jax.tree_util.tree_map(lambda x: x[0], _batch(1))
+    ts = loops.TrainState(
+        learner=None, buffer=replay.init(cfg.buffer_size, example), env_state=jnp.zeros(3),
+        obs=jnp.array([[0.1, 0.2, 0.3], [0.4, -0.5, 0.6], [-0.7, 0.8, -0.9]]),
+        noise=jnp.zeros((3, 1)), episode_return=jnp.array([-10.0, -20.0, -30.0]),
+        provenance=None, rng=jax.random.PRNGKey(0), env_steps=jnp.zeros((), jnp.int32),
+        random_until=jnp.zeros((), jnp.int32), updates_start=jnp.zeros((), jnp.int32))
+    result = StepResult(
+        env_state=jnp.ones(3),
+        obs=jnp.array([[9.0, 9.0, 9.0], [8.0, 8.0, 8.0], [0.3, -0.2, 0.5]]),  # after resets
+        reward=jnp.array([-1.5, 2.0, 0.7]),
+        terminated=jnp.array([False, True, False]),
+        truncated=jnp.array([True, False, False]),
+        final_obs=jnp.array([[0.9, -0.4, 1.2], [-0.6, 0.1, 0.5], [0.3, -0.2, 0.5]]))
+    actions = jnp.array([[0.5], [-0.25], [0.75]])
+    after, finished = loops.record_step(loop, ts, actions, result, jnp.zeros((3, 1)))
+    return ts, actions, result, after, finished
+
+
+def test_record_step_stores_truncation_as_bootstrappable_with_the_real_final_obs():
+    before, actions, result, after, finished = _recorded_step()
+    data = jax.tree_util.tree_map(lambda x: np.asarray(x[:3]), after.buffer.data)
+    assert int(after.buffer.size) == 3
+    np.testing.assert_array_equal(data.terminated, STEP_TERMINATED)  # truncated: 0, not done
+    np.testing.assert_array_equal(data.next_obs, np.asarray(result.final_obs))  # not the reset
+    assert not np.allclose(data.next_obs[TRUNCATED], np.asarray(result.obs[TRUNCATED]))
+    np.testing.assert_array_equal(data.obs, np.asarray(before.obs))
+    np.testing.assert_array_equal(data.action, np.asarray(actions))
+    np.testing.assert_array_equal(data.reward, np.asarray(result.reward))
+    np.testing.assert_array_equal(np.asarray(after.obs), np.asarray(result.obs))
+    # both ended episodes are counted and reset; the running one keeps accumulating
+    assert float(finished[1]) == 2 and float(finished[0]) == pytest.approx(-11.5 + -18.0)
+    assert int(after.env_steps) == 3
+    np.testing.assert_allclose(np.asarray(after.episode_return), [0.0, 0.0, -29.3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["baseline", "mixture"])
+def test_terminated_transitions_do_not_bootstrap_truncated_do(name):
+    """Critic targets of the recorded step, recomputed here from the networks themselves:
+    y = r + gamma V(next_obs) for the truncated and the running transition, y = r exactly for
+    the terminated one, V(s') = sum_s w_s [min_i Q'_i(s', a'_s) - alpha log pi(a'_s|s')]."""
+    actor = ACTORS[name]
+    critic = sac.make_critic(CFG)
+    _, _, _, after, _ = _recorded_step()
+    # each recorded transition as its own one-row batch: [3, 1, ...]
+    rows = jax.tree_util.tree_map(lambda x: x[:3, None], after.buffer.data)
     state = sac.init(jax.random.PRNGKey(1), actor, CFG, jnp.zeros(3), 1)
-    # Make Q == 0 for the online critic by zeroing its params: loss = 0.5 * 2 * mean(y^2).
-    zero = jax.tree_util.tree_map(jnp.zeros_like, state.critic_params)
-    for terminated in (1.0, 0.0):
-        batch = _batch(terminated=terminated)
-        loss, _ = sac.critic_loss(zero, state, batch, jax.random.PRNGKey(3), actor, CFG)
-        reward_only = float(jnp.mean(batch.reward ** 2))
-        if terminated:
-            assert float(loss) == pytest.approx(reward_only, rel=1e-5)
-        else:
-            assert float(loss) != pytest.approx(reward_only, rel=1e-3)
+    # a target critic unlike the online one and alpha != 1, so each term is visible
+    target_params = jax.tree_util.tree_map(
+        lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(7), x.shape),
+        state.critic_params)
+    state = state.replace(target_critic_params=target_params, log_alpha=jnp.log(0.4))
+    key = jax.random.PRNGKey(3)
+
+    def target_value(next_obs):  # V(next_obs [1, 3]) from the actor and the target critic
+        a, log_p, w = actor.samples(state.actor_params, next_obs, key)
+        s_obs = jnp.broadcast_to(next_obs[:, None], (1, a.shape[1], 3))
+        q = jnp.min(critic.apply(target_params, s_obs, a), axis=0)
+        return jnp.sum(w * (q - 0.4 * log_p), axis=-1)[0]
+
+    @jax.jit
+    def losses_and_parts(rows):
+        loss = jax.vmap(lambda one: sac.critic_loss(state.critic_params, state, one, key,
+                                                    actor, CFG)[0])(rows)
+        q = jax.vmap(lambda one: critic.apply(state.critic_params, one.obs, one.action)[:, 0])(
+            rows)  # [3, 2] online Q of each transition
+        return loss, q, jax.vmap(target_value)(rows.next_obs)
+
+    loss, q, value = (np.asarray(x, np.float64) for x in losses_and_parts(rows))
+    reward = np.asarray(rows.reward[:, 0], np.float64)
+    bootstrap = reward + CFG.gamma * value
+    for row, y, wrong in ((TRUNCATED, bootstrap[TRUNCATED], reward[TRUNCATED]),
+                          (RUNNING, bootstrap[RUNNING], reward[RUNNING]),
+                          (TERMINATED, reward[TERMINATED], bootstrap[TERMINATED])):
+        expected = 0.5 * np.sum((q[row] - y) ** 2)
+        assert loss[row] == pytest.approx(expected, rel=1e-4, abs=1e-6), (row, loss[row], y)
+        # the test can tell: the other target would give a clearly different loss
+        assert abs(0.5 * np.sum((q[row] - wrong) ** 2) - expected) > 1e-2, row
 
 
 def test_temperature_falls_when_entropy_exceeds_target():

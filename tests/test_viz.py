@@ -172,16 +172,97 @@ def test_report_renders_in_headless_chromium(pendulum_run, tmp_path):
     assert image.shape[0] >= 1000 and image.std() > 20  # the page drew images, not a blank
 
 
+def _deterministic_rollout(agent, seed=0):
+    """States and return of one deterministic Pendulum episode played here with the agent's
+    own actor on the env (reset from PRNGKey(seed), as viz.py's episodes are)."""
+    import jax
+    import jax.numpy as jnp
+
+    from protosac_jax import sac
+    from protosac_jax.envs import make_env
+
+    env = make_env("pendulum")
+    step = jax.jit(env.step)
+    act = jax.jit(lambda obs: agent.actor.deterministic(
+        agent.params, sac.prepare_obs(agent.learner, obs[None], agent.config.sac))[0])
+    key = jax.random.PRNGKey(seed)
+    env_state, obs = jax.jit(env.reset)(key)
+    states, total = [], 0.0
+    for t in range(agent.spec.episode_length):
+        states.append(np.asarray(obs))
+        result = step(jax.random.fold_in(key, t), env_state, act(obs))
+        total += float(result.reward)
+        if bool(result.terminated) or bool(result.truncated):
+            break
+        env_state, obs = result.env_state, result.obs
+    return np.stack(states), total
+
+
+def _deletion_changes(weights, means, deleted_sets):
+    """[B, len(sets)] L2 change of tanh(w @ m) (blend) when each set of prototypes is deleted
+    from every state's weights (renormalised over the rest); numpy, float64."""
+    base = np.tanh(weights @ means)
+    out = []
+    for deleted in deleted_sets:  # deleted: [B, k] prototype indices per state
+        w = weights.copy()
+        np.put_along_axis(w, deleted, 0.0, axis=-1)
+        w /= w.sum(-1, keepdims=True)
+        out.append(np.linalg.norm(np.tanh(w @ means) - base, axis=-1))
+    return np.stack(out, axis=1)
+
+
 def test_faithfulness_export(pendulum_run, tmp_path):
+    import itertools
+
+    import jax.numpy as jnp
+
+    from protosac_jax import load, sac
+
+    ks = [1, 2, 4]
     out = tmp_path / "faith"
     proc = run_cli("--ckpt", str(pendulum_run), "--faithfulness", "--ks", "1,2,4",
                    "--episodes", "1", "--out", str(out), script="viz.py")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "faithfulness.json").read_text())
-    assert result["k"] == [1, 2, 4] and (out / "faithfulness.png").is_file()
+    assert result["k"] == ks and (out / "faithfulness.png").is_file()
     for key in ("action_change_top", "action_change_random", "return_top", "return_random"):
         assert len(result[key]) == 3 and all(np.isfinite(result[key]))
-    assert result["states"] == 200
+    assert result["states"] == 200 and result["episodes"] == 1
+    assert result["top1_vs_random_ratio"] == pytest.approx(
+        result["action_change_top"][0] / result["action_change_random"][0])
+
+    # The full policy's return is the return the agent gets playing that episode by itself.
+    agent = load(pendulum_run)
+    states, full_return = _deterministic_rollout(agent)
+    assert len(states) == 200
+    assert result["return_full"] == pytest.approx(full_return, rel=1e-4, abs=1e-3)
+    # Every return is a Pendulum return: per-step cost in [0, pi^2 + 0.1 * 8^2 + 0.001 * 2^2]
+    worst = -200 * (np.pi ** 2 + 6.4 + 0.004)
+    for value in result["return_top"] + result["return_random"] + [result["return_full"]]:
+        assert worst - 1e-3 <= value <= 0.0
+
+    # Action changes recomputed here on those states from the actor's weights and means.
+    fwd = agent.actor.forward(agent.params, sac.prepare_obs(
+        agent.learner, jnp.asarray(states), agent.config.sac))
+    weights, means = np.asarray(fwd.weights, np.float64), np.asarray(fwd.means, np.float64)
+    k_total = weights.shape[1]
+    order = np.argsort(-weights, axis=-1, kind="stable")
+    for i, k in enumerate(ks):
+        top = _deletion_changes(weights, means, [order[:, :k]])[:, 0]
+        assert result["action_change_top"][i] == pytest.approx(top.mean(), rel=1e-3, abs=1e-5)
+        # k random deletions per state: their mean over all C(K, k) sets, and the noise of
+        # one draw per state
+        subsets = [np.broadcast_to(np.array(c), (len(states), k))
+                   for c in itertools.combinations(range(k_total), k)]
+        every = _deletion_changes(weights, means, subsets)  # [B, C(K, k)]
+        expected, noise = every.mean(), np.sqrt(every.var(axis=1).sum()) / len(states)
+        assert abs(result["action_change_random"][i] - expected) <= 5 * noise + 1e-4, \
+            (k, result["action_change_random"][i], expected, noise)
+        # deleting the prototypes the decision rests on matters more than deleting any k
+        # (fixture: 0.35/0.46/1.15 vs 0.12/0.22/0.40, and return -1290 vs -378 at k=1)
+        assert result["action_change_top"][i] > expected
+    assert result["return_top"][0] < result["return_random"][0]
+
     proc = run_cli("--ckpt", str(pendulum_run), "--faithfulness", "--ks", "0,99",
                    "--out", str(tmp_path / "bad"), script="viz.py")
     assert proc.returncode == 2 and "--ks needs values in 1..7" in proc.stderr
