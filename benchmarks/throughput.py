@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import functools
 import platform
 import time
 
@@ -33,8 +32,11 @@ def measure(env_name: str, num_envs: int, baseline: bool, steps: int, buffer_siz
     loop = loops.Loop(make_env(env_name), loops.make_actor(cfg, make_env(env_name).spec
                                                           .action_dim), cfg)
     iterations = max(4, steps // num_envs)
-    scan = jax.jit(lambda ts: jax.lax.scan(functools.partial(loops.iteration, loop), ts, None,
-                                           length=iterations)[0], donate_argnums=(0,))
+    def body(carry, _):
+        return loops.iteration(loop, carry), None
+
+    scan = jax.jit(lambda ts: jax.lax.scan(body, (ts, loops.empty_totals(loop, ts)), None,
+                                           length=iterations)[0][0], donate_argnums=(0,))
     t0 = time.perf_counter()
     ts = loops.init_state_jit(loop, jax.random.PRNGKey(0))
     ts = jax.block_until_ready(scan(ts))  # compile + fill the buffer a little
@@ -50,7 +52,8 @@ def measure(env_name: str, num_envs: int, baseline: bool, steps: int, buffer_siz
     updates = int(ts.learner.num_updates) - updates0
     return {"compile_s": compile_s, "env_only": env_only,
             "learning_steps": iterations * num_envs / elapsed, "updates": updates / elapsed,
-            "utd": loop.updates_per_iteration / num_envs, "batch": cfg.sac.batch_size}
+            "utd": loop.update_fraction[0] / loop.update_fraction[1] / num_envs,
+            "batch": cfg.sac.batch_size}
 
 
 def main():

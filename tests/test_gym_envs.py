@@ -126,7 +126,8 @@ def test_pixel_spec_cnn_and_frame_once_buffer():
     loop = _host_loop("CarRacing-v3", frame_stack=3, action_repeat=2)
     ts = jax.eval_shape(lambda: loops.init_state(loop, jax.random.PRNGKey(0)))
     assert ts.buffer.data.obs.dtype == np.uint8
-    assert ts.buffer.data.next_obs.shape == (64, 96, 96, 3)  # the newest frame only
+    # the newest frame only; 12 rows: --buffer-size 64 capped at the run's 12 env steps
+    assert ts.buffer.data.next_obs.shape == (12, 96, 96, 3)
     # a first patch layer over the 9 stacked channels in each of the two critics and the actor
     critic_shapes = [x.shape for x in jax.tree_util.tree_leaves(ts.learner.critic_params)]
     actor_shapes = [x.shape for x in jax.tree_util.tree_leaves(ts.learner.actor_params)]

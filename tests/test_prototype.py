@@ -268,7 +268,7 @@ def test_proto_init_kmeans_puts_prototypes_on_encoded_warmup_states(init):
     step = jax.jit(lambda ts: loops.env_step(loop, ts)[0])
     for _ in range(256):
         ts = step(ts)
-    after = jax.jit(lambda ts: loops.maybe_kmeans_init(loop, ts))(ts)
+    after = jax.jit(lambda ts: loops.maybe_kmeans_init(loop, ts, 1))(ts)  # 1 update due
 
     def quantisation_error(ts):
         z = loop.actor.encode(ts.learner.actor_params, sac.prepare_obs(
@@ -281,8 +281,12 @@ def test_proto_init_kmeans_puts_prototypes_on_encoded_warmup_states(init):
                                       ts.learner.actor_params["params"]["prototypes"])
     else:
         assert quantisation_error(after) < 0.2 * quantisation_error(ts)
+        # not on an iteration where no update is due (a fractional --updates-per-step)
+        idle = loops.maybe_kmeans_init(loop, ts, 0)
+        np.testing.assert_array_equal(idle.learner.actor_params["params"]["prototypes"],
+                                      ts.learner.actor_params["params"]["prototypes"])
         # only once: after the first update nothing changes any more
         later = dataclasses.replace(after, learner=after.learner.replace(num_updates=1))
-        again = loops.maybe_kmeans_init(loop, later)
+        again = loops.maybe_kmeans_init(loop, later, 1)
         np.testing.assert_array_equal(again.learner.actor_params["params"]["prototypes"],
                                       after.learner.actor_params["params"]["prototypes"])

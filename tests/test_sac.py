@@ -99,7 +99,8 @@ def _recorded_step():
         obs=jnp.array([[0.1, 0.2, 0.3], [0.4, -0.5, 0.6], [-0.7, 0.8, -0.9]]),
         noise=jnp.zeros((3, 1)), episode_return=jnp.array([-10.0, -20.0, -30.0]),
         provenance=None, rng=jax.random.PRNGKey(0), env_steps=jnp.zeros((), jnp.int32),
-        random_until=jnp.zeros((), jnp.int32), updates_start=jnp.zeros((), jnp.int32))
+        random_until=jnp.zeros((), jnp.int32), updates_start=jnp.zeros((), jnp.int32),
+        update_credit=jnp.zeros((), jnp.int32))
     result = StepResult(
         env_state=jnp.ones(3),
         obs=jnp.array([[9.0, 9.0, 9.0], [8.0, 8.0, 8.0], [0.3, -0.2, 0.5]]),  # after resets
