@@ -40,13 +40,18 @@ def leaves_equal(a, b):
                                       for x, y in zip(la, lb))
 
 
-@pytest.mark.parametrize("baseline", [False, True])
-def test_resume_is_bitwise_identical_to_one_go(tmp_path, baseline):
-    one_go = protosac_jax.train(small_cfg(baseline=baseline, total_steps=1500),
+# the SAC case also runs a fractional update ratio: the update credit is saved and resumed
+@pytest.mark.parametrize("baseline,ups", [(False, 1.0), (True, 0.333)])
+def test_resume_is_bitwise_identical_to_one_go(tmp_path, baseline, ups):
+    one_go = protosac_jax.train(small_cfg(baseline=baseline, total_steps=1500,
+                                          updates_per_step=ups),
                                 out=tmp_path / "one", progress=False, quiet=True)
-    half = protosac_jax.train(small_cfg(baseline=baseline), out=tmp_path / "two",
-                              progress=False, quiet=True)
+    half = protosac_jax.train(small_cfg(baseline=baseline, updates_per_step=ups),
+                              out=tmp_path / "two", progress=False, quiet=True)
     assert int(half.state.env_steps) == 1000
+    if ups != 1.0:  # 500 updating iterations x 333/1000: 166 updates, 500/1000 still owed
+        assert int(half.state.learner.num_updates) == 166
+        assert int(half.state.update_credit) == 500
     resumed = protosac_jax.resume(tmp_path / "two", progress=False, quiet=True,
                                   total_steps=1500)
     for field in ("learner", "buffer", "provenance", "obs", "env_state", "rng", "noise"):
