@@ -390,7 +390,6 @@ def run_chunk(loop: Loop, ts: TrainState, num_iterations):
 run_chunk_jit = jax.jit(run_chunk, static_argnums=(0,), donate_argnums=(1,))
 # not donating: the trainer keeps the state before the final projection for resuming
 project_jit = jax.jit(project, static_argnums=(0,))
-evaluate_jit = jax.jit(evaluate, static_argnums=(0, 3))
 init_state_jit = jax.jit(init_state, static_argnums=(0,))
 
 

@@ -87,8 +87,8 @@ def resize(state: ReplayState, capacity: int) -> ReplayState:
 
     A buffer that has not wrapped keeps every row where it is, so it is exactly the buffer of
     a run that had `capacity` from the start (a resumed run that extends --total-steps relies
-    on this). A wrapped one is laid out oldest first, then filled on. Runs on the host (numpy)
-    so a large restored buffer is not copied through the device twice.
+    on this). A wrapped one is laid out oldest first, then filled on. The rows are gathered
+    on the host (numpy), where a just-restored buffer still is.
     """
     import numpy as np
 
