@@ -32,6 +32,16 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
+def parse_optional_float(text: str):
+    """A float, or 'none' (kept as the string until the config is built: None means unset)."""
+    if str(text).strip().lower() == "none":
+        return "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or none, got {text!r}") from None
+
+
 def parse_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(x) for x in text.split(",") if x.strip())
@@ -64,7 +74,22 @@ def build_parser() -> OneLineParser:
       help="plain SAC instead of ProtoSAC (True/False; bare flag = True)")
     a("--num-prototypes", "--num_prototypes", type=int, help="K prototypes (default 32)")
     a("--latent-dim", type=int)
-    a("--similarity", choices=["log", "rbf", "softmax"])
+    a("--prototypes", choices=["states", "free"],
+      help="states (default): each prototype is the encoding of a stored real state, re-chosen "
+      "at projections; free: trainable latent vectors projected every --projection-every "
+      "updates (the original ProtoSAC)")
+    a("--similarity", choices=["log", "rbf", "softmax"],
+      help="softmax (default), rbf, or ProtoPNet's log")
+    a("--temperature", type=float,
+      help="similarity temperature (initial value when it is learned; default 0.1)")
+    a("--target-weight-entropy", type=parse_optional_float,
+      help="mean per-state weight entropy the learned temperature holds (default 0.3; "
+      "'none' = fixed --temperature)")
+    a("--target-action-spread", type=parse_optional_float,
+      help="most within-decision spread of the prototypes' actions a learned penalty allows "
+      "(default none = no penalty; e.g. 0.01)")
+    a("--normalize-latent", type=parse_bool,
+      help="unit-length latents and prototypes (True/False; default True)")
     a("--distribution", choices=["blend", "mixture"])
     a("--projection-every", type=int, help="updates between projections (0 = off)")
     a("--weight-entropy-coef", type=float,
@@ -139,11 +164,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     top.update(run_flags(args))
     for flag, field in [("num_prototypes", "num_prototypes"), ("latent_dim", "latent_dim"),
                         ("similarity", "similarity"), ("distribution", "distribution"),
+                        ("prototypes", "source"), ("temperature", "temperature"),
+                        ("target_weight_entropy", "target_weight_entropy"),
+                        ("target_action_spread", "target_action_spread"),
+                        ("normalize_latent", "normalize_latent"),
                         ("projection_every", "projection_every"), ("proto_init", "init"),
                         ("weight_entropy_coef", "weight_entropy_coef"),
                         ("usage_entropy_coef", "usage_entropy_coef")]:
         if getattr(args, flag) is not None:
-            proto[field] = getattr(args, flag)
+            value = getattr(args, flag)
+            proto[field] = None if value == "none" else value
     for flag, field in [("hidden", "hidden_sizes"), ("batch_size", "batch_size"),
                         ("gamma", "gamma")]:
         if getattr(args, flag) is not None:

@@ -47,8 +47,31 @@ class PrototypeConfig:
     latent_dim: int = 64
     # Encoder MLP; None -> same widths as the SAC networks.
     encoder_hidden: tuple[int, ...] | None = None
-    similarity: str = "log"  # log | rbf | softmax
-    temperature: float = 1.0  # for rbf and softmax
+    # Where prototypes live. "states" (default): prototype k is the encoding f(x_k) of a stored
+    # real state x_k, so what is shown for it is exactly what the policy compares against, at
+    # every step; the states are re-chosen every `projection_every` updates (k-means in latent
+    # space, snapped to real states). "free": trainable latent vectors projected onto their
+    # nearest buffer state every `projection_every` updates (the original ProtoSAC); between
+    # projections they drift off the states shown for them (logged as proto/drift).
+    source: str = "states"
+    # Latents (and prototypes) scaled to unit length, so squared distances lie in [0, 4] and a
+    # temperature has a known scale.
+    normalize_latent: bool = True
+    similarity: str = "softmax"  # log | rbf | softmax
+    # Similarity temperature tau (all similarities); with `target_weight_entropy` it is the
+    # initial value of a learned temperature.
+    temperature: float = 0.1
+    # Mean per-state entropy H(w) the weights are held at by learning log(tau) (as SAC tunes
+    # its alpha): exp(0.3) = 1.35 prototypes decide each action. None: tau fixed.
+    target_weight_entropy: float | None = 0.3
+    # Mean within-decision spread of the prototypes' actions, sum_k w_k (tanh m_k - a_bar)^2
+    # with a_bar = sum_k w_k tanh m_k, held at most at this value by a learned penalty
+    # coefficient (dual ascent, as SAC's alpha): prototypes that share a decision must agree
+    # on it, so the deciding prototype's own action is the action taken. Without it a policy
+    # can balance on the boundary between two bang-bang prototypes (+0.85 / -0.84 blended to
+    # +0.1). None (default): no penalty; 0.01 made agreement >= 0.98 on Pendulum but let the
+    # encoder group unlike states (lookalike 0.18 on a seed; benchmarks/RESULTS.md).
+    target_action_spread: float | None = None
     log_eps: float = 1e-4  # eps of the ProtoPNet log-ratio similarity
     distribution: str = "blend"  # blend | mixture
     ortho_coef: float = 0.01
@@ -182,6 +205,14 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.proto.distribution in ("blend", "mixture"),
          f"--distribution must be blend or mixture (got {cfg.proto.distribution!r})"),
         (cfg.proto.temperature > 0, "--temperature must be > 0"),
+        (cfg.proto.source in ("states", "free"),
+         f"--prototypes must be states or free (got {cfg.proto.source!r})"),
+        (cfg.proto.target_weight_entropy is None or cfg.proto.target_weight_entropy >= 0,
+         "--target-weight-entropy must be >= 0 (or none)"),
+        (cfg.proto.target_action_spread is None or cfg.proto.target_action_spread >= 0,
+         "--target-action-spread must be >= 0 (or none)"),
+        (cfg.proto.kmeans_samples >= cfg.proto.num_prototypes,
+         "--kmeans-samples must be >= --num-prototypes"),
         (cfg.proto.projection_every >= 0, "--projection-every must be >= 0"),
         (cfg.buffer_size >= cfg.num_envs, "--buffer-size must be >= --num-envs"),
         (cfg.frame_stack >= 1, "--frame-stack must be >= 1"),
@@ -289,8 +320,17 @@ def to_json(cfg: TrainConfig) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
 
 
+# Values of fields added after older config.json files were written: what those runs did.
+_LEGACY_DEFAULTS = {
+    "PrototypeConfig": {"source": "free", "normalize_latent": False,
+                        "target_weight_entropy": None, "target_action_spread": None},
+}
+
+
 def _build(cls, data: dict[str, Any]):
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    data = {**{k: v for k, v in _LEGACY_DEFAULTS.get(cls.__name__, {}).items()
+               if k not in data}, **data}
     unknown = set(data) - set(fields)
     if unknown:
         raise ConfigError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")

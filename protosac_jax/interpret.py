@@ -124,8 +124,108 @@ def masked_policy(actor, sac_cfg, learner, k: int, mode: str, seed: int = 0):
     return policy
 
 
+def nearest_prototype_policy(actor, sac_cfg, learner):
+    """A policy for `visualize.play_episodes` that acts as its top-1 prototype alone:
+    a = tanh(m_argmax w) (the `return_nearest_prototype` of `decision_metrics`)."""
+
+    @jax.jit
+    def step(obs):
+        out = actor.forward(learner.actor_params, sac.prepare_obs(learner, obs, sac_cfg))
+        return jnp.tanh(out.means[jnp.argmax(out.weights, axis=-1)]), out.weights
+
+    return lambda obs: step(jnp.asarray(obs)[None])
+
+
+def random_policy(action_dim: int, num_prototypes: int, seed: int = 0):
+    """Uniform random actions in [-1, 1] (the `return_random` reference)."""
+    rng = np.random.default_rng(seed)
+    return lambda obs: (rng.uniform(-1.0, 1.0, (1, action_dim)).astype(np.float32),
+                        np.zeros((1, num_prototypes), np.float32))
+
+
+# ----------------------------------------------------------------------------- decisions
+def lookalike_features(obs: np.ndarray, pixels: bool) -> np.ndarray:
+    """What `lookalike` compares states by: vectors as they are (scaled by the caller);
+    pixels as the newest frame in 24x24 grayscale, in [0, 1]."""
+    obs = np.asarray(obs)
+    if not pixels:
+        return obs.reshape(obs.shape[0], -1).astype(np.float64)
+    frame = obs[..., -3:].astype(np.float64) / 255.0 if obs.shape[-1] >= 3 else \
+        obs.astype(np.float64) / 255.0
+    gray = frame.mean(axis=-1)  # [N, H, W]
+    n, h, w = gray.shape
+    rows = np.array_split(np.arange(h), 24)
+    cols = np.array_split(np.arange(w), 24)
+    small = np.stack([np.stack([gray[:, r][:, :, c].mean(axis=(1, 2)) for c in cols], -1)
+                      for r in rows], -2)  # area average to [N, 24, 24]
+    return small.reshape(n, -1)
+
+
+# Scaled distance below which two evaluated states count as the same state (see `lookalike`).
+LOOKALIKE_RESOLUTION = 0.05
+
+
+def lookalike(states: np.ndarray, proto_states: np.ndarray, top1: np.ndarray,
+              pixels: bool = False, resolution: float = LOOKALIKE_RESOLUTION,
+              block: int = 1024) -> float:
+    """Median over decisions of the share of evaluated states farther from the decision's
+    state than its top-1 prototype's state is (observation space; each dim scaled by its std
+    over the evaluated states; pixels on 24x24 grayscale). 1.0: the prototype shown is the
+    state most like the one explained; ~0.5: no closer than a typical evaluated state.
+
+    Evaluated states within `resolution` of the decision's state are the same state and are
+    left out of its comparison (and a prototype that close scores 1): a policy that settles at
+    a fixed point (a balanced pendulum) repeats one state for most of an episode, and without
+    this every other copy of it would count as "more alike" than any prototype that is not
+    bit-for-bit that state. `resolution=0` gives the plain rank.
+    """
+    x = lookalike_features(states, pixels)
+    p = lookalike_features(proto_states, pixels)
+    if not pixels:
+        scale = x.std(axis=0)
+        scale = np.where(scale > 1e-12, scale, 1.0)
+        x, p = x / scale, p / scale
+    tol = resolution ** 2
+    shares = []
+    for start in range(0, len(x), block):
+        xb = x[start:start + block]
+        to_all = ((xb[:, None, :] - x[None, :, :]) ** 2).sum(-1)  # [b, N]
+        to_proto = ((xb - p[top1[start:start + block]]) ** 2).sum(-1)  # [b]
+        other = to_all >= tol if tol > 0 else np.ones_like(to_all, bool)
+        farther = ((to_all > to_proto[:, None]) & other).sum(1) / np.maximum(other.sum(1), 1)
+        shares.append(np.where((to_proto < tol) & (tol > 0), 1.0, farther))
+    return float(np.median(np.concatenate(shares)))
+
+
+def decision_metrics(weights, proto_means, actions, states, proto_states, pixels: bool = False,
+                     return_full=None, return_nearest=None, return_random=None) -> dict:
+    """The readability of a set of evaluated decisions (viz.json "decisions").
+
+    weights [N, K], proto_means [K, A] (pre-squash), actions [N, A] taken (in [-1, 1]),
+    states [N, *obs] the evaluated (raw) observations, proto_states [K, *obs] the states shown
+    for the prototypes. Returns effective_prototypes, top1_weight, top1_agreement
+    (prototype.decision_stats), lookalike, and, given the three returns,
+    nearest_prototype_score = (R_nearest - R_random) / (R_full - R_random).
+    """
+    from protosac_jax.prototype import decision_stats
+
+    weights = np.asarray(weights, np.float32)
+    out = {k: float(v) for k, v in decision_stats(
+        jnp.asarray(weights), jnp.asarray(proto_means, jnp.float32),
+        jnp.asarray(actions, jnp.float32)).items()}
+    out["lookalike"] = lookalike(states, proto_states, np.argmax(weights, axis=-1), pixels)
+    out["decisions"] = int(weights.shape[0])
+    if return_full is not None:
+        out.update(return_full=float(return_full), return_nearest_prototype=float(return_nearest),
+                   return_random=float(return_random))
+        span = return_full - return_random
+        out["nearest_prototype_score"] = (
+            float((return_nearest - return_random) / span) if abs(span) > 1e-9 else None)
+    return out
+
+
 # ----------------------------------------------------------------------------- pruning
-PROTOTYPE_LEAVES = ("prototypes", "proto_means", "proto_log_stds")
+PROTOTYPE_LEAVES = ("prototypes", "proto_means", "proto_log_stds", "prototype_states")
 
 
 def usage_mass(weights) -> np.ndarray:

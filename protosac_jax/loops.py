@@ -175,6 +175,7 @@ def record_step(loop: Loop, ts: TrainState, actions, result: StepResult, render)
     learner = ts.learner
     if cfg.sac.normalize_obs:
         learner = learner.replace(obs_norm=learner.obs_norm.update(result.final_obs))
+        learner = sync_prototype_states(loop, learner, ts.provenance)
     ts = ts.replace(
         learner=learner,
         buffer=replay.insert(ts.buffer, transition),
@@ -206,18 +207,38 @@ def _candidates(loop: Loop, ts: TrainState):
 
 
 def project(loop: Loop, ts: TrainState) -> TrainState:
-    """Project every prototype onto a real state now (and re-fit the Gaussians)."""
+    """Projection: source "free" moves every prototype onto its nearest real state; source
+    "states" re-chooses the states the prototypes encode (prototype.select_prototype_states).
+    Both re-fit the Gaussians (blend) so the policy survives the move."""
     obs, render, size = _candidates(loop, ts)
-    refit_obs = None
-    if loop.cfg.proto.refit_samples > 0:  # states on which the policy is preserved
-        key = jax.random.fold_in(ts.rng, ts.learner.num_updates)
-        refit_obs = replay.sample(ts.buffer, key, loop.cfg.proto.refit_samples).obs
-    params, provenance = project_prototypes(
-        loop.actor, ts.learner.actor_params, obs, render, size, ts.learner.num_updates,
-        loop.cfg.proto.projection_chunk,
-        obs_transform=lambda o: sac.prepare_obs(ts.learner, o, loop.cfg.sac),
-        refit_obs=refit_obs)
+    proto_cfg = loop.cfg.proto
+    transform = functools.partial(sac.prepare_obs, ts.learner, cfg=loop.cfg.sac)
+    key = jax.random.fold_in(ts.rng, ts.learner.num_updates)
+    if loop.actor.states_source:
+        params, provenance = prototype.select_prototype_states(
+            loop.actor, ts.learner.actor_params, obs, render, size, key,
+            ts.learner.num_updates, jnp.min(ts.provenance.update_step) < 0,
+            proto_cfg.projection_chunk, obs_transform=transform,
+            refit=proto_cfg.refit_samples > 0)
+    else:
+        refit_obs = None
+        if proto_cfg.refit_samples > 0:  # states on which the policy is preserved
+            refit_obs = replay.sample(ts.buffer, key, proto_cfg.refit_samples).obs
+        params, provenance = project_prototypes(
+            loop.actor, ts.learner.actor_params, obs, render, size, ts.learner.num_updates,
+            proto_cfg.projection_chunk, obs_transform=transform, refit_obs=refit_obs)
     return ts.replace(learner=ts.learner.replace(actor_params=params), provenance=provenance)
+
+
+def sync_prototype_states(loop: Loop, learner: sac.SACState, provenance: Provenance):
+    """Source "states" with normalised obs: the stored network-ready prototype states follow
+    the obs normaliser, so p_k = f(normalise(x_k)) with today's statistics, exactly."""
+    if not (loop.is_proto and loop.actor.states_source and loop.cfg.sac.normalize_obs):
+        return learner
+    states = sac.prepare_obs(learner, provenance.obs, loop.cfg.sac)
+    params = {**learner.actor_params, "prototype_states": states.astype(
+        learner.actor_params["prototype_states"].dtype)}
+    return learner.replace(actor_params=params)
 
 
 def maybe_project(loop: Loop, ts: TrainState, updates_before) -> TrainState:
@@ -234,8 +255,8 @@ def needs_final_projection(loop: Loop, ts: TrainState) -> bool:
     """True when a ProtoSAC run ends without ever having projected (a run shorter than
     `projection_every` updates): it is projected once at the end so that every prototype is a
     real state. Runs that projected keep their last projection, which keeps resuming exact."""
-    if not loop.is_proto or loop.cfg.proto.projection_every <= 0:
-        return False
+    if not loop.is_proto or loop.cfg.proto.projection_every <= 0 or loop.actor.states_source:
+        return False  # "states" prototypes are real from their first selection on
     never = int(jnp.min(ts.provenance.update_step)) < 0
     return never and int(ts.learner.num_updates) > 0 and int(_candidates(loop, ts)[2]) > 0
 
@@ -249,12 +270,20 @@ def kmeans_init(loop: Loop, ts: TrainState) -> TrainState:
     return ts.replace(learner=ts.learner.replace(actor_params=params))
 
 
-def maybe_kmeans_init(loop: Loop, ts: TrainState, num_updates) -> TrainState:
-    """Run `kmeans_init` right before the very first gradient update (when configured)."""
-    if not loop.is_proto or loop.cfg.proto.init != "kmeans":
+def maybe_init_prototypes(loop: Loop, ts: TrainState, num_updates) -> TrainState:
+    """Right before the very first gradient update: source "states" selects the first
+    prototype states (from the warm-up states); source "free" with `--proto-init kmeans`
+    puts the prototypes at k-means centres of encoded warm-up states."""
+    if not loop.is_proto:
         return ts
-    first = (ts.learner.num_updates == 0) & (ts.buffer.size > 0) & (num_updates > 0)
-    return jax.lax.cond(first, functools.partial(kmeans_init, loop), lambda ts: ts, ts)
+    if loop.actor.states_source:
+        init = functools.partial(project, loop)
+    elif loop.cfg.proto.init == "kmeans":
+        init = functools.partial(kmeans_init, loop)
+    else:
+        return ts
+    first = (ts.learner.num_updates == 0) & (_candidates(loop, ts)[2] > 0) & (num_updates > 0)
+    return jax.lax.cond(first, init, lambda ts: ts, ts)
 
 
 def updates_due(loop: Loop, credit):
@@ -272,7 +301,7 @@ def update_step(loop: Loop, ts: TrainState):
 
     Returns (state, metrics averaged over the steps, number of steps)."""
     credit, num_updates = updates_due(loop, ts.update_credit)
-    ts = maybe_kmeans_init(loop, ts, num_updates)
+    ts = maybe_init_prototypes(loop, ts, num_updates)
     rng, update_key = jax.random.split(ts.rng)
     updates_before = ts.learner.num_updates
     dynamic = None if isinstance(num_updates, int) else num_updates
@@ -356,7 +385,18 @@ def summarize(loop: Loop, ts: TrainState, totals, num_iterations, returns):
     if loop.is_proto:
         # latent distance each prototype moved at its last projection (0 before the first)
         out["proto/projection_churn"] = jnp.mean(ts.provenance.distance)
+        out["proto/drift"] = prototype_drift(loop, ts.learner, ts.provenance)
     return out
+
+
+def prototype_drift(loop: Loop, learner: sac.SACState, provenance: Provenance):
+    """Mean latent distance between each prototype and the encoding of the state shown for
+    it (0 by construction for source "states"; NaN before any state was chosen)."""
+    actor = loop.actor
+    states = sac.prepare_obs(learner, provenance.obs, loop.cfg.sac)
+    gap = jnp.linalg.norm(actor.prototypes(learner.actor_params)
+                          - actor.encode(learner.actor_params, states), axis=-1)
+    return jnp.where(jnp.min(provenance.update_step) >= 0, jnp.mean(gap), jnp.nan)
 
 
 # fold_in tag of the evaluation key: evaluate with fold_in(ts.rng, EVAL_STREAM), which leaves

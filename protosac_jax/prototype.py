@@ -2,15 +2,23 @@
 
 The whole method in one file, as pure functions on pytrees.
 
-Notation: obs x, encoder f, latent z = f(x) in R^D, prototypes P = (p_1..p_K) in R^{K x D}.
-Prototype k owns a state-independent Gaussian over pre-squash actions: mean m_k, log-std l_k.
+Notation: obs x, encoder f, latent z = f(x) in R^D (scaled to unit length when
+`normalize_latent`, the default), prototypes P = (p_1..p_K) in R^{K x D}. Prototype k owns a
+state-independent Gaussian over pre-squash actions: mean m_k, log-std l_k.
 
+0. Prototypes  source `states` (default): p_k = f(x_k), the encoding of a stored real state x_k,
+               recomputed with the current encoder at every call, so the state shown for a
+               prototype is exactly what decisions compare with. source `free` (the original):
+               p_k are trainable vectors, moved onto real states only at projections.
 1. Distances   d_k = ||z - p_k||^2.
-2. Similarity  `log`     s_k = log((d_k + 1) / (d_k + eps))         (ProtoPNet, default)
+2. Similarity  `softmax` s_k = -d_k / tau (a logit; default)
                `rbf`     s_k = exp(-d_k / tau)
-               `softmax` s_k = -d_k / tau (a logit)
-   Weights     w = s / sum(s) for log and rbf, w = softmax(s) for softmax. (Normalised, `rbf`
-   and `softmax` give the same weights; they differ in the similarity reported to users.)
+               `log`     s_k = log((d_k/tau + 1) / (d_k/tau + eps))   (ProtoPNet, tau = 1)
+   Weights     w = softmax(s) for softmax, w = s / sum(s) for log and rbf (normalised, `rbf`
+   and `softmax` give the same weights; they differ in the similarity reported to users).
+   Temperature tau is fixed, or (`target_weight_entropy` H*) learned by dual ascent as SAC's
+   alpha: loss += log(tau) * sg(mean_b H(w_b) - H*), with sg(tau) in the weights, so decisions
+   stay as crisp as asked whatever the env's latent scale.
 3. Policy      `blend` (default): u ~ N(sum_k w_k m_k, sum_k w_k exp(l_k)), a = tanh(u).
                `mixture`: u ~ sum_k w_k N(m_k, exp(l_k)), a = tanh(u);
                log pi(u) = logsumexp_k(log w_k + log N(u; m_k, exp(l_k))).
@@ -26,15 +34,21 @@ Prototype k owns a state-independent Gaussian over pre-squash actions: mean m_k,
    usage entropy  H(mean_b w_b)        (maximised: every prototype gets used)
    proximity      mean_k min_b ||sg(z_b) - p_k||^2  (Li et al. 2018's R1: each prototype stays
                   near some encoded state, so projection barely moves it; sg = stop-gradient)
-   aux = c_ortho * ortho + c_went * weight_entropy - c_usage * usage_entropy + c_prox * proximity.
-5. Projection (every M updates): p_k <- f(x_j*) with j* = argmin_j ||f(x_j) - p_k||^2 over the
-   replay buffer, so every prototype *is* the encoding of a real, renderable state. The buffer
-   index, the obs and the env's render state are kept as provenance.
+   aux = c_ortho * ortho + c_went * weight_entropy - c_usage * usage_entropy + c_prox * proximity
+   (+ the temperature's dual term, + lambda * action spread with a learned lambda when
+   `target_action_spread` is set: sum_k w_k (tanh m_k - a_bar)^2, prototypes sharing a
+   decision agree on it).
+5. Projection (every M updates). `free`: p_k <- f(x_j*) with j* = argmin_j ||f(x_j) - p_k||^2
+   over the replay buffer. `states`: x_k is re-chosen (k-means of encoded replay samples from
+   the current prototypes, each centre snapped to its nearest sampled state). Either way the
+   buffer index, the obs and the env's render state are kept as provenance, and (blend) the
+   Gaussians are re-fitted so the policy survives the move.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -56,26 +70,38 @@ def _uniform_symmetric(scale: float):
 
 
 class ProtoNet(nn.Module):
-    """Parameters of the prototype actor: encoder, prototypes, per-prototype Gaussians."""
+    """Trainable parameters of the prototype actor: encoder, per-prototype Gaussians, and
+    (source "free") the prototype vectors or (learned temperature) log tau."""
 
     encoder_hidden: Sequence[int]
     latent_dim: int
     num_prototypes: int
     action_dim: int
     init_log_std: float = 0.0
+    free_prototypes: bool = True
+    init_temperature: float | None = None  # set: log tau is a learned parameter
+    learn_spread_coef: bool = False  # log lambda of the action-spread penalty is learned
 
     def setup(self):
         self.encoder = MLP(self.encoder_hidden, self.latent_dim)
-        self.prototypes = self.param(
-            "prototypes", nn.initializers.normal(1.0), (self.num_prototypes, self.latent_dim))
+        if self.free_prototypes:
+            self.prototypes = self.param(
+                "prototypes", nn.initializers.normal(1.0),
+                (self.num_prototypes, self.latent_dim))
         self.proto_means = self.param(
             "proto_means", _uniform_symmetric(0.5), (self.num_prototypes, self.action_dim))
         self.proto_log_stds = self.param(
             "proto_log_stds", nn.initializers.constant(self.init_log_std),
             (self.num_prototypes, self.action_dim))
+        if self.init_temperature is not None:
+            self.log_temperature = self.param(
+                "log_temperature", nn.initializers.constant(math.log(self.init_temperature)),
+                ())
+        if self.learn_spread_coef:
+            self.log_spread_coef = self.param("log_spread_coef", nn.initializers.zeros, ())
 
     def __call__(self, obs):
-        return self.encoder(obs), self.prototypes, self.proto_means, self.proto_log_stds
+        return self.encoder(obs), self.proto_means, self.proto_log_stds
 
     def encode(self, obs):
         return self.encoder(obs)
@@ -93,7 +119,8 @@ def squared_distances(latents, prototypes):
 def similarities(distances, kind: str, temperature: float = 1.0, log_eps: float = 1e-4):
     """Similarity s_k(d_k) of each prototype (see module docstring)."""
     if kind == "log":
-        return jnp.log((distances + 1.0) / (distances + log_eps))
+        scaled = distances / temperature
+        return jnp.log((scaled + 1.0) / (scaled + log_eps))
     if kind == "rbf":
         return jnp.exp(-distances / temperature)
     if kind == "softmax":
@@ -110,6 +137,11 @@ def proto_weights(distances, kind: str, temperature: float = 1.0, log_eps: float
         # exp(-d/tau) / sum exp(-d/tau) == softmax(-d/tau); softmax is the stable form.
         return jax.nn.softmax(-distances / temperature, axis=-1)
     raise ValueError(f"unknown similarity {kind!r}")
+
+
+def unit_rows(x):
+    """Rows scaled to unit L2 norm (`normalize_latent`): squared distances lie in [0, 4]."""
+    return x * jax.lax.rsqrt(jnp.sum(x**2, axis=-1, keepdims=True) + 1e-12)
 
 
 def entropy(p, axis=-1):
@@ -163,6 +195,15 @@ class ProtoActor:
     hidden_sizes: tuple[int, ...] = (256, 256)
 
     @property
+    def states_source(self) -> bool:
+        """Prototypes are encodings of stored states (cfg.source == "states")."""
+        return self.cfg.source == "states"
+
+    @property
+    def learns_temperature(self) -> bool:
+        return self.cfg.target_weight_entropy is not None
+
+    @property
     def net(self) -> ProtoNet:
         return ProtoNet(
             encoder_hidden=tuple(self.cfg.encoder_hidden or self.hidden_sizes),
@@ -170,19 +211,54 @@ class ProtoActor:
             num_prototypes=self.cfg.num_prototypes,
             action_dim=self.action_dim,
             init_log_std=self.cfg.init_log_std,
+            free_prototypes=not self.states_source,
+            init_temperature=self.cfg.temperature if self.learns_temperature else None,
+            learn_spread_coef=self.cfg.target_action_spread is not None,
         )
 
     def init(self, key, obs):
-        return self.net.init(key, obs)
+        """Variables: {"params": trainable} and, for source "states", the network-ready
+        prototype states {"prototype_states": [K, *obs]} (a constant of the gradient step, as
+        flax's non-"params" collections are; placeholders until the first selection)."""
+        variables = {"params": self.net.init(key, obs)["params"]}
+        if self.states_source:
+            variables["prototype_states"] = jnp.zeros(
+                (self.cfg.num_prototypes,) + obs.shape[1:], obs.dtype)
+        return variables
 
     def encode(self, params, obs):
-        return self.net.apply(params, obs, method=ProtoNet.encode)
+        """Latents z = f(x) as the similarities see them (unit length if normalize_latent)."""
+        z = self.net.apply({"params": params["params"]}, obs, method=ProtoNet.encode)
+        return unit_rows(z) if self.cfg.normalize_latent else z
+
+    def prototypes(self, params):
+        """The prototypes P [K, D] the policy compares states with."""
+        return self._latents_and_prototypes(params, None)[1]
+
+    def temperature(self, params):
+        if self.learns_temperature:
+            return jnp.exp(jax.lax.stop_gradient(params["params"]["log_temperature"]))
+        return jnp.asarray(self.cfg.temperature, jnp.float32)
+
+    def _latents_and_prototypes(self, params, obs):
+        if self.states_source:
+            states = params["prototype_states"]
+            if obs is None:
+                return None, self.encode(params, states)
+            # one encoder pass for the batch and the K prototype states
+            both = self.encode(params, jnp.concatenate([obs, states.astype(obs.dtype)]))
+            return both[:obs.shape[0]], both[obs.shape[0]:]
+        prototypes = params["params"]["prototypes"]
+        if self.cfg.normalize_latent:
+            prototypes = unit_rows(prototypes)
+        return (None if obs is None else self.encode(params, obs)), prototypes
 
     def forward(self, params, obs) -> ProtoOutputs:
-        latents, prototypes, means, log_stds = self.net.apply(params, obs)
-        log_stds = jnp.clip(log_stds, self.cfg.log_std_min, self.cfg.log_std_max)
+        latents, prototypes = self._latents_and_prototypes(params, obs)
+        means = params["params"]["proto_means"]
+        log_stds = jnp.clip(params["params"]["proto_log_stds"], self.cfg.log_std_min, self.cfg.log_std_max)
         distances = squared_distances(latents, prototypes)
-        weights = proto_weights(distances, self.cfg.similarity, self.cfg.temperature,
+        weights = proto_weights(distances, self.cfg.similarity, self.temperature(params),
                                 self.cfg.log_eps)
         return ProtoOutputs(latents, distances, weights, means, log_stds, prototypes)
 
@@ -193,7 +269,7 @@ class ProtoActor:
     def samples_with_aux(self, params, obs, key):
         """`samples` and `aux_loss` from one forward pass (the actor loss needs both)."""
         out = self.forward(params, obs)
-        return self._samples(out, obs.shape[0], key), self._aux(out)
+        return self._samples(out, obs.shape[0], key), self._aux(params, out)
 
     def _samples(self, out: ProtoOutputs, batch: int, key):
         if self.cfg.distribution == "blend":
@@ -217,25 +293,42 @@ class ProtoActor:
         return jnp.tanh(out.means[component] + jnp.exp(out.log_stds[component]) * noise)
 
     def deterministic(self, params, obs):
-        out = self.forward(params, obs)
+        return self.deterministic_from(self.forward(params, obs))
+
+    def deterministic_from(self, out: ProtoOutputs):
         if self.cfg.distribution == "blend":
             return jnp.tanh(out.weights @ out.means)
         # Mixture: the mean of the most-weighted component (a mode-seeking choice).
         return jnp.tanh(out.means[jnp.argmax(out.weights, axis=-1)])
 
     def aux_loss(self, params, obs):
-        return self._aux(self.forward(params, obs))
+        return self._aux(params, self.forward(params, obs))
 
-    def _aux(self, out: ProtoOutputs):
+    def _aux(self, params, out: ProtoOutputs):
         ortho = orthogonality_loss(out.prototypes)
-        weight_entropy = jnp.mean(entropy(out.weights))
+        entropies = entropy(out.weights)
+        weight_entropy = jnp.mean(entropies)
         usage_entropy = entropy(jnp.mean(out.weights, axis=0))
         proximity = jnp.mean(jnp.min(
             squared_distances(jax.lax.stop_gradient(out.latents), out.prototypes), axis=0))
         loss = (self.cfg.ortho_coef * ortho + self.cfg.weight_entropy_coef * weight_entropy
                 - self.cfg.usage_entropy_coef * usage_entropy
                 + self.cfg.proximity_coef * proximity)
+        metrics = {}
+        if self.learns_temperature:
+            # dual ascent as SAC's alpha: tau falls while H(w) is above its target
+            gap = jax.lax.stop_gradient(weight_entropy - self.cfg.target_weight_entropy)
+            loss = loss + params["params"]["log_temperature"] * gap
+        if self.cfg.target_action_spread is not None:
+            spread = jnp.mean(action_spread(out.weights, out.means))
+            log_coef = params["params"]["log_spread_coef"]
+            # the penalty lambda * spread shapes the actor; lambda rises while the spread is
+            # above its target and falls (towards no penalty) while it is below
+            loss = (loss + jnp.exp(jax.lax.stop_gradient(log_coef)) * spread
+                    - log_coef * jax.lax.stop_gradient(spread - self.cfg.target_action_spread))
+            metrics = {"proto/action_spread": spread, "proto/spread_coef": jnp.exp(log_coef)}
         usage = jnp.mean(out.weights, axis=0)
+        decisions = decision_stats(out.weights, out.means, self.deterministic_from(out))
         return loss, {
             # prototypes whose batch usage is below 1/(10 K): effectively unused
             "proto/dead": jnp.sum(usage < 0.1 / usage.shape[0]).astype(jnp.float32),
@@ -243,21 +336,62 @@ class ProtoActor:
             "proto/weight_entropy": weight_entropy,
             "proto/usage_entropy": usage_entropy,
             "proto/proximity": proximity,
+            "proto/temperature": self.temperature(params),
+            "proto/effective": decisions["effective_prototypes"],
+            "proto/top1_weight": decisions["top1_weight"],
+            "proto/top1_agreement": decisions["top1_agreement"],
+            **metrics,
         }
 
 
+# ----------------------------------------------------------------------------- decisions
+AGREEMENT_TOLERANCE = 0.25  # mean |a - tanh(m_top1)| over action dims, policy units [-1, 1]
+
+
+def action_spread(weights, means):
+    """[B] within-decision spread of the prototypes' own actions (policy units):
+    sum_k w_k ||tanh(m_k) - a_bar||^2 / A, a_bar = sum_k w_k tanh(m_k)."""
+    own = jnp.tanh(means)  # [K, A]
+    centre = weights @ own  # [B, A]
+    return jnp.mean(weights @ own**2 - centre**2, axis=-1)
+
+
+def decision_stats(weights, means, actions):
+    """How crisp and how readable decisions are, from weights [B, K], prototype means [K, A]
+    (pre-squash) and the actions taken [B, A] in [-1, 1]:
+
+    effective_prototypes  mean_b exp(H(w_b))     (1 = a single prototype decides)
+    top1_weight           mean_b max_k w_bk
+    top1_agreement        share of b with mean_dims |a_b - tanh(m_top1(b))| <= 0.25
+    """
+    top1 = jnp.argmax(weights, axis=-1)
+    gap = jnp.mean(jnp.abs(actions - jnp.tanh(means[top1])), axis=-1)
+    return {
+        "effective_prototypes": jnp.mean(jnp.exp(entropy(weights))),
+        "top1_weight": jnp.mean(jnp.max(weights, axis=-1)),
+        "top1_agreement": jnp.mean((gap <= AGREEMENT_TOLERANCE).astype(jnp.float32)),
+    }
+
+
 # ----------------------------------------------------------------------------- k-means init
-def kmeans(points, num_clusters: int, iters: int):
-    """Lloyd's k-means of `points` [N, D]; centres start at the first `num_clusters` points
-    (pass a random sample). An empty cluster keeps its previous centre. Returns [K, D]."""
-    init = points[jnp.arange(num_clusters) % points.shape[0]]
+def kmeans(points, num_clusters: int, iters: int, init=None):
+    """Lloyd's k-means of `points` [N, D] from centres `init` [K, D] (default: the first
+    `num_clusters` points; pass a random sample). A cluster left empty restarts at one of the
+    points farthest from their centres, so no centre stays dead. Returns [K, D]."""
+    if init is None:
+        init = points[jnp.arange(num_clusters) % points.shape[0]]
+    num_far = min(num_clusters, points.shape[0])
 
     def lloyd(_, centres):
-        assign = jnp.argmin(squared_distances(points, centres), axis=-1)
+        d = squared_distances(points, centres)  # [N, K]
+        assign = jnp.argmin(d, axis=-1)
         onehot = jax.nn.one_hot(assign, num_clusters, dtype=points.dtype)  # [N, K]
         counts = jnp.sum(onehot, axis=0)
         sums = onehot.T @ points
-        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
+        far = jax.lax.top_k(jnp.min(d, axis=-1), num_far)[1]
+        rank = jnp.clip(jnp.cumsum(counts == 0) - 1, 0, num_far - 1)
+        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None],
+                         points[far[rank]])
 
     return jax.lax.fori_loop(0, iters, lloyd, init)
 
@@ -309,7 +443,7 @@ def nearest_buffer_states(actor: ProtoActor, params, buffer_obs, size, chunk: in
     capacity = buffer_obs.shape[0]
     chunk = min(chunk, capacity)
     nominal = jnp.arange(0, capacity, chunk)
-    prototypes = params["params"]["prototypes"]
+    prototypes = actor.prototypes(params)
     num_prototypes = prototypes.shape[0]
     num_candidates = min(num_prototypes, capacity)
 
@@ -329,6 +463,16 @@ def nearest_buffer_states(actor: ProtoActor, params, buffer_obs, size, chunk: in
     init = (jnp.full((num_prototypes, num_candidates), jnp.inf),
             jnp.zeros((num_prototypes, num_candidates), jnp.int32))
     (cand_d, cand_i), _ = jax.lax.scan(block, init, nominal)
+
+    return distinct_nearest(cand_d, cand_i)
+
+
+def distinct_nearest(cand_d, cand_i):
+    """One row id per prototype from its candidates (ids `cand_i` [K, C], distances `cand_d`
+    ascending): in order of their nearest distance, prototypes take their nearest candidate
+    not already taken (with C >= K one is always free unless fewer than K ids are valid,
+    when a duplicate is allowed)."""
+    num_prototypes = cand_d.shape[0]
 
     def assign(n, chosen):
         k = order[n]
@@ -382,11 +526,11 @@ def project_prototypes(actor: ProtoActor, params, buffer_obs, buffer_render, siz
     index = nearest_buffer_states(actor, params, buffer_obs, size, chunk, obs_transform)
     obs = buffer_obs[index]
     new_prototypes = actor.encode(params, transform(obs))
-    old = params["params"]["prototypes"]
+    old = actor.prototypes(params)
     inner = dict(params["params"])
     inner["prototypes"] = new_prototypes
     new_params = {**params, "params": inner}
-    if refit_obs is not None:
+    if refit_obs is not None and actor.cfg.distribution == "blend":
         new_params = refit_heads(actor, params, new_params, transform(refit_obs),
                                  actor.cfg.refit_ridge)
     provenance = Provenance(
@@ -395,5 +539,51 @@ def project_prototypes(actor: ProtoActor, params, buffer_obs, buffer_render, siz
         render_state=buffer_render[index],
         update_step=jnp.full(index.shape, update_step, jnp.int32),
         distance=jnp.linalg.norm(new_prototypes - old, axis=-1),
+    )
+    return new_params, provenance
+
+
+def select_prototype_states(actor: ProtoActor, params, cand_obs, cand_render, size, key,
+                            update_step, first, chunk: int = 4096, obs_transform=None,
+                            refit: bool = True) -> tuple[Any, Provenance]:
+    """Source "states": re-choose the real state x_k behind every prototype p_k = f(x_k).
+
+    `kmeans_samples` candidate rows are drawn uniformly and encoded; Lloyd's k-means in
+    latent space starts from the current prototypes (so prototype k keeps its region and
+    its Gaussian keeps its meaning; on the `first` selection, from random samples); each
+    centre is then snapped to its nearest sampled state, distinct rows for distinct
+    prototypes. The prototypes follow where the agent's states are dense, and each is a real
+    state by construction. With `refit` (blend) the Gaussians are re-fitted on the sample so
+    the policy survives the move (`refit_heads`).
+    """
+    transform = obs_transform or (lambda o: o)
+    cfg = actor.cfg
+    chunk = max(1, min(chunk, cfg.kmeans_samples))
+    blocks = -(-cfg.kmeans_samples // chunk)
+    ids = jax.random.randint(key, (blocks * chunk,), 0, jnp.maximum(size, 1))
+    rows = transform(cand_obs[ids])
+    latents = jax.lax.map(lambda block: actor.encode(params, block),
+                          rows.reshape((blocks, chunk) + rows.shape[1:]))
+    latents = latents.reshape((blocks * chunk, -1))
+    old = actor.prototypes(params)
+    init = jnp.where(first, latents[:cfg.num_prototypes], old)
+    centres = kmeans(latents, cfg.num_prototypes, cfg.kmeans_iters, init)
+    score = squared_distances(centres, latents)  # [K, S]
+    neg_d, pos = jax.lax.top_k(-score, cfg.num_prototypes)
+    chosen = distinct_nearest(-neg_d, ids[pos])  # buffer rows
+    new_params = {**params, "prototype_states": transform(cand_obs[chosen]).astype(
+        params["prototype_states"].dtype)}
+    if refit and cfg.distribution == "blend":
+        # not on the first selection: the placeholder prototypes gave every state the same
+        # weights, and fitting heads to that flat policy would make them all alike
+        refitted = refit_heads(actor, params, new_params, rows, cfg.refit_ridge)
+        new_params = jax.tree_util.tree_map(lambda a, b: jnp.where(first, a, b), new_params,
+                                            refitted)
+    provenance = Provenance(
+        buffer_index=chosen.astype(jnp.int32),
+        obs=cand_obs[chosen],
+        render_state=cand_render[chosen],
+        update_step=jnp.full(chosen.shape, update_step, jnp.int32),
+        distance=jnp.linalg.norm(actor.prototypes(new_params) - old, axis=-1),
     )
     return new_params, provenance

@@ -202,10 +202,14 @@ def prototype_images(spec, provenance, frames: FrameSource | None = None,
             frames.close()
 
 
-def save_grid(path: Path, spec, actor_params, provenance, usage=None, images=None) -> Path:
-    """One tile per prototype: the real state it was projected onto, its id, its action
-    Gaussian (mean +- std per action dim, in [-1, 1] policy units) and, when `usage` (share of
-    the evaluated decisions, [K]) is given, its usage; unused prototypes are marked."""
+def save_grid(path: Path, spec, actor_params, provenance, usage=None, images=None,
+              agreement=None, drift=None) -> Path:
+    """One tile per prototype: the real state it is (or was projected onto), its id, its
+    action Gaussian (mean +- std per action dim, in [-1, 1] policy units) and, when `usage`
+    (share of the evaluated decisions it decides, [K]) is given, its usage, most used first;
+    unused prototypes are marked. `agreement` [K] (share of its decisions where its own action
+    agrees with the one taken) and `drift` [K] (latent distance between a free prototype and
+    the encoding of the state shown) are printed on the tiles when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,12 +222,15 @@ def save_grid(path: Path, spec, actor_params, provenance, usage=None, images=Non
     cols = min(8, k)
     rows = math.ceil(k / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 2.0 * rows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
+    order = list(range(k)) if usage is None else list(np.argsort(-np.asarray(usage),
+                                                                  kind="stable"))
+    for slot, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
-        if i >= k:
+        if slot >= k:
             ax.axis("off")
             continue
+        i = order[slot]
         gauss = " ".join(f"{m:+.2f}±{s:.2f}" for m, s in zip(means[i, :2], stds[i, :2]))
         if images[i] is not None:
             ax.imshow(images[i])
@@ -231,6 +238,10 @@ def save_grid(path: Path, spec, actor_params, provenance, usage=None, images=Non
             ax.text(0.5, 0.5, "not yet\nprojected", ha="center", va="center",
                     transform=ax.transAxes)
         title = f"p{i}" + (f" use {usage[i]:.0%}" if usage is not None else "")
+        if agreement is not None and np.isfinite(agreement[i]):
+            title += f" agree {agreement[i]:.0%}"
+        if drift is not None:
+            title += f"\ndrift {drift[i]:.2f}"
         ax.set_title(f"{title}\n{gauss}", fontsize=6.5)
         if usage is not None and usage[i] < 1.0 / (10 * k):
             for spine in ax.spines.values():

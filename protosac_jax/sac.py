@@ -79,6 +79,12 @@ def make_critic(cfg: SACConfig) -> TwinCritic:
     return TwinCritic(hidden_sizes=tuple(cfg.hidden_sizes))
 
 
+def trainable(actor_params):
+    """The actor variables the optimiser updates: flax's "params" collection. Other
+    collections (the prototype actor's stored prototype states) are constants of a step."""
+    return {"params": actor_params["params"]}
+
+
 def _optimizers(cfg: SACConfig):
     return optax.adam(cfg.actor_lr), optax.adam(cfg.critic_lr), optax.adam(cfg.alpha_lr)
 
@@ -100,7 +106,7 @@ def init(key, actor, cfg: SACConfig, obs_example, action_dim: int) -> SACState:
         critic_params=critic_params,
         target_critic_params=critic_params,
         log_alpha=log_alpha,
-        actor_opt_state=actor_opt.init(actor_params),
+        actor_opt_state=actor_opt.init(trainable(actor_params)),
         critic_opt_state=critic_opt.init(critic_params),
         alpha_opt_state=alpha_opt.init(log_alpha),
         num_updates=jnp.zeros((), jnp.int32),
@@ -129,7 +135,11 @@ def critic_loss(critic_params, state: SACState, batch: replay.Transition, key, a
     return loss, {"losses/critic": loss, "losses/q_mean": jnp.mean(q)}
 
 
-def actor_loss(actor_params, critic_params, log_alpha, obs, key, actor, cfg: SACConfig):
+def actor_loss(trainable_params, critic_params, log_alpha, obs, key, actor, cfg: SACConfig,
+               actor_params=None):
+    """SAC's actor loss (+ the actor's aux loss) as a function of its trainable variables;
+    `actor_params` supplies the others."""
+    actor_params = {**(actor_params or {}), **trainable_params}
     critic = make_critic(cfg)
     alpha = jnp.exp(log_alpha)
     (actions, log_probs, weights), (aux, aux_metrics) = actor.samples_with_aux(
@@ -158,9 +168,11 @@ def update(state: SACState, batch: replay.Transition, key, actor, cfg: SACConfig
     critic_params = optax.apply_updates(state.critic_params, critic_updates)
 
     actor_grads, (log_prob, actor_metrics) = jax.grad(actor_loss, has_aux=True)(
-        state.actor_params, critic_params, state.log_alpha, batch.obs, actor_key, actor, cfg)
+        trainable(state.actor_params), critic_params, state.log_alpha, batch.obs, actor_key,
+        actor, cfg, state.actor_params)
     actor_updates, actor_opt_state = actor_opt.update(actor_grads, state.actor_opt_state)
-    actor_params = optax.apply_updates(state.actor_params, actor_updates)
+    actor_params = {**state.actor_params,
+                    **optax.apply_updates(trainable(state.actor_params), actor_updates)}
 
     entropy_gap = jax.lax.stop_gradient(log_prob + target_entropy(cfg, action_dim))
     alpha_grad = -entropy_gap  # d/d(log_alpha) of -log_alpha * entropy_gap

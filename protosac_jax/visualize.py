@@ -134,18 +134,62 @@ def _play_gymnasium(env, spec, policy, seed, max_steps) -> Episode:
 
 
 # --------------------------------------------------------------------------- statistics
-def usage_shares(episodes: list[Episode], num_prototypes: int) -> np.ndarray:
-    """Share of evaluated decisions in which each prototype had the largest weight."""
-    top = np.concatenate([np.argmax(e.weights, axis=-1) for e in episodes])
-    return np.bincount(top, minlength=num_prototypes) / max(len(top), 1)
-
-
 def nearest_evaluated_states(episodes: list[Episode], num_prototypes: int, per_prototype: int):
     """For each prototype, the (episode, step) of the evaluated states it weighs most."""
     index = [(e, t) for e, ep in enumerate(episodes) for t in range(len(ep))]
     weights = np.concatenate([ep.weights for ep in episodes])
     order = np.argsort(-weights, axis=0)[:per_prototype]  # [n, K]
     return [[index[i] for i in order[:, k]] for k in range(num_prototypes)]
+
+
+def decisions(agent, eps: list[Episode], seed: int = 0) -> dict[str, Any]:
+    """interpret.decision_metrics over the evaluated decisions of `eps` (played with `seed`),
+    with the same episodes replayed by the nearest-prototype policy and by uniform actions."""
+    from protosac_jax import interpret
+
+    cfg, spec = agent.config, agent.spec
+    n = len(eps)
+    nearest = play_episodes(cfg, spec, agent.actor, agent.learner, n, seed=seed,
+                            policy=interpret.nearest_prototype_policy(agent.actor, cfg.sac,
+                                                                      agent.learner))
+    rand = play_episodes(cfg, spec, agent.actor, agent.learner, n, seed=seed,
+                         policy=interpret.random_policy(spec.action_dim,
+                                                        cfg.proto.num_prototypes, seed))
+    pixels = np.dtype(spec.obs_dtype) == np.uint8 and len(spec.obs_shape) == 3
+    return interpret.decision_metrics(
+        np.concatenate([e.weights for e in eps]), np.asarray(agent.params["params"]["proto_means"]),
+        np.concatenate([e.actions for e in eps]), np.concatenate([e.obs for e in eps]),
+        np.asarray(agent.prototypes["obs"]), pixels,
+        return_full=np.mean([e.ret for e in eps]),
+        return_nearest=np.mean([e.ret for e in nearest]),
+        return_random=np.mean([e.ret for e in rand]))
+
+
+def prototype_drift(agent) -> np.ndarray:
+    """[K] latent distance between each prototype and the encoding of the state shown for it
+    (0 by construction for source "states")."""
+    states = sac.prepare_obs(agent.learner, jnp.asarray(agent.prototypes["obs"]), agent.config.sac)
+    return np.linalg.norm(np.asarray(agent.actor.prototypes(agent.params))
+                          - np.asarray(agent.actor.encode(agent.params, states)), axis=-1)
+
+
+def prototype_table(agent, eps: list[Episode]) -> dict[str, np.ndarray]:
+    """Per prototype: `wins` (evaluated decisions where it is top-1), `usage` (their share),
+    `agreement` (share of those where its own action tanh(m_k) is within 0.25 of the action
+    taken), `mean_weight`."""
+    from protosac_jax.prototype import AGREEMENT_TOLERANCE
+
+    weights = np.concatenate([e.weights for e in eps])
+    actions = np.concatenate([e.actions for e in eps])
+    own = np.tanh(np.asarray(agent.params["params"]["proto_means"]))
+    top1 = np.argmax(weights, axis=-1)
+    agrees = np.abs(actions - own[top1]).mean(axis=-1) <= AGREEMENT_TOLERANCE
+    k = weights.shape[1]
+    wins = np.bincount(top1, minlength=k)
+    agreed = np.bincount(top1, weights=agrees.astype(np.float64), minlength=k)
+    return {"wins": wins, "usage": wins / max(len(top1), 1),
+            "agreement": np.where(wins > 0, agreed / np.maximum(wins, 1), np.nan),
+            "mean_weight": weights.mean(axis=0)}
 
 
 # --------------------------------------------------------------------------- plots
@@ -264,8 +308,38 @@ def _file_data(path: Path) -> str:
     return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+DECISION_LABELS = [
+    ("effective_prototypes", "prototypes that make a decision (mean exp of the weight "
+     "entropy; 1 = one prototype decides)", "{:.2f}"),
+    ("top1_weight", "weight of the deciding prototype (mean of the largest weight)", "{:.2f}"),
+    ("top1_agreement", "decisions where the deciding prototype's own action is within 0.25 of "
+     "the action taken", "{:.0%}"),
+    ("lookalike", "how alike the deciding prototype's state is: share of evaluated states "
+     "farther from the decision's state than it (median; 1 = the most alike)", "{:.2f}"),
+    ("return_full", "return of the policy", "{:.1f}"),
+    ("return_nearest_prototype", "return when each step acts as its deciding prototype alone",
+     "{:.1f}"),
+    ("return_random", "return of uniform random actions", "{:.1f}"),
+    ("nearest_prototype_score", "(nearest - random) / (full - random): 1 = the prototypes alone "
+     "play as well as the policy", "{:.2f}"),
+]
+
+
+def _decisions_html(decisions: dict[str, Any]) -> str:
+    rows = []
+    for key, label, fmt in DECISION_LABELS:
+        value = decisions.get(key)
+        shown = "—" if value is None else fmt.format(value)
+        rows.append(f"<tr><th style='text-align:left'>{html.escape(label)}</th>"
+                    f"<td>{shown}</td><td><code>{key}</code></td></tr>")
+    return ("<h2 id='decisions'>Can you read its decisions?</h2>"
+            f"<p>Over {decisions.get('decisions', '?')} evaluated decisions:</p>"
+            "<table>" + "".join(rows) + "</table>")
+
+
 def save_report(path: Path, agent, episodes, files: dict[str, Path], usage, thumbs,
-                nearest, frames: render.FrameSource | None) -> Path:
+                nearest, frames: render.FrameSource | None, decisions=None,
+                table=None) -> Path:
     """Self-contained HTML (images embedded as data URIs)."""
     esc = html.escape
     spec, cfg, meta = agent.spec, agent.config, agent.meta
@@ -288,32 +362,46 @@ def save_report(path: Path, agent, episodes, files: dict[str, Path], usage, thum
     if "video" in files:
         parts.append(f"<p>Video of episode 0 with its top prototypes per frame: "
                      f"<a href='{esc(files['video'].name)}'>{esc(files['video'].name)}</a></p>")
-    if "prototypes" in files:
-        parts.append("<h2 id='grid'>Prototypes</h2><p>Each tile is the real state the "
-                     "prototype was projected onto, with its action Gaussian.</p>"
-                     f"<img alt='prototype grid' src='{_file_data(files['prototypes'])}'>")
-    parts.append("<h2 id='actions'>Action distributions</h2>"
-                 f"<img alt='action distributions' src='{_file_data(files['actions'])}'>")
+    if decisions is not None:
+        parts.append(_decisions_html(decisions))
     if usage is not None:
         params = agent.params["params"]
         means = np.tanh(np.asarray(params["proto_means"]))
         stds = np.exp(np.asarray(params["proto_log_stds"]))
         prov = agent.prototypes
-        parts.append("<h2 id='usage'>Usage</h2><table><tr><th>prototype</th><th>usage (top-1 "
-                     "share of decisions)</th><th>mean weight</th><th>action mean ± std</th>"
-                     "<th>source row</th><th>projected at update</th></tr>")
-        mean_w = np.concatenate([e.weights for e in episodes]).mean(axis=0)
+        parts.append(
+            "<h2 id='usage'>Prototypes by use</h2><p>Which prototype decides each evaluated "
+            "step (its top-1 weight), and whether the prototype's own action agrees with the "
+            "action taken there (within 0.25, in [-1, 1] units). Most used first.</p>"
+            "<table><tr><th>prototype</th><th>decides (top-1 share)</th><th>states won</th>"
+            "<th>action agrees</th><th>mean weight</th><th>its action mean ± std</th>"
+            "<th>source row</th><th>chosen at update</th></tr>")
         k_total = len(usage)
-        for k in range(k_total):
+        for k in np.argsort(-table["wins"], kind="stable"):
             flag = " <span class='unused'>unused</span>" if usage[k] < 1 / (10 * k_total) else ""
             gauss = ", ".join(f"{m:+.2f}±{s:.2f}" for m, s in zip(means[k], stds[k]))
+            agree = "—" if table["wins"][k] == 0 else f"{table['agreement'][k]:.0%}"
             parts.append(f"<tr><td><a href='#p{k}'>p{k}</a>{flag}</td><td>{usage[k]:.1%}</td>"
-                         f"<td>{mean_w[k]:.3f}</td><td>{gauss}</td>"
+                         f"<td>{int(table['wins'][k])}</td><td>{agree}</td>"
+                         f"<td>{table['mean_weight'][k]:.3f}</td><td>{gauss}</td>"
                          f"<td>{int(prov['buffer_index'][k])}</td>"
                          f"<td>{int(prov['update_step'][k])}</td></tr>")
-        parts.append("</table><h2>Per prototype</h2>")
-        for k in range(k_total):
-            parts.append(f"<div class='proto' id='p{k}'><h3>p{k}: usage {usage[k]:.1%}</h3>"
+        parts.append("</table>")
+    if "prototypes" in files:
+        parts.append("<h2 id='grid'>Prototype states</h2><p>Each tile is the real state the "
+                     "prototype is (source \"states\": the prototype is its encoding) or was "
+                     "last projected onto (source \"free\"), with its action Gaussian and "
+                     "usage.</p>"
+                     f"<img alt='prototype grid' src='{_file_data(files['prototypes'])}'>")
+    parts.append("<h2 id='actions'>Action distributions</h2>"
+                 f"<img alt='action distributions' src='{_file_data(files['actions'])}'>")
+    if usage is not None:
+        parts.append("<h2>Per prototype</h2>")
+        for k in np.argsort(-table["wins"], kind="stable"):
+            agree = "" if table["wins"][k] == 0 else \
+                f", its action agrees in {table['agreement'][k]:.0%} of them"
+            parts.append(f"<div class='proto' id='p{k}'><h3>p{k}: decides "
+                         f"{usage[k]:.1%} of the evaluated steps{agree}</h3>"
                          "<div class='tiles'>")
             if thumbs is not None and thumbs[k] is not None:
                 parts.append(f"<img alt='p{k} prototype state' src='{_jpeg_data(thumbs[k])}'>")
@@ -341,15 +429,18 @@ def export(agent, out: Path, episodes: int = 5, top_k: int = 3, fmt: str = "png"
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         files: dict[str, Path] = {}
-        usage = thumbs = nearest = None
+        usage = thumbs = nearest = decided = table = None
         if agent.is_proto:
             k = cfg.proto.num_prototypes
-            usage = usage_shares(eps, k)
+            table = prototype_table(agent, eps)
+            usage = table["usage"]
+            decided = decisions(agent, eps, seed)
             nearest = nearest_evaluated_states(eps, k, per_prototype=5)
             thumbs = render.prototype_images(spec, agent.prototypes, frames, blank=True)
             files["prototypes"] = render.save_grid(
                 out / f"prototypes.{fmt}", spec, agent.params["params"], agent.prototypes,
-                usage, images=thumbs)
+                usage, images=thumbs, agreement=table["agreement"],
+                drift=None if agent.actor.states_source else prototype_drift(agent))
         else:
             log("note: prototype views need a ProtoSAC checkpoint; this is a --baseline (plain "
                 "SAC) run, so only the video and action plots are exported")
@@ -360,12 +451,13 @@ def export(agent, out: Path, episodes: int = 5, top_k: int = 3, fmt: str = "png"
             files["video"] = out / "episode.mp4"
             save_video(files["video"], eps[0], frames, thumbs, top_k)
         files["report"] = save_report(out / "report.html", agent, eps, files, usage, thumbs,
-                                      nearest, frames)
+                                      nearest, frames, decided, table)
     finally:
         frames.close()
     summary = {"returns": [e.ret for e in eps], "episode_lengths": [len(e) for e in eps],
                "files": {k: str(v) for k, v in files.items() if v is not None},
                "usage": None if usage is None else usage.tolist(),
+               "decisions": decided,
                "wall_s": time.perf_counter() - t0}
     (out / "viz.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -291,3 +291,38 @@ def test_orphaned_tensorstore_read_errors_are_not_logged_after_the_one_line_repo
         assert not [r for r in caplog.records if r.name == "asyncio"]
         orphan("some other failure")
         assert [r for r in caplog.records if "some other failure" in r.getMessage()]
+
+
+@pytest.mark.parametrize("source", ["states", "free"])
+def test_saved_prototypes_are_the_encodings_of_their_provenance_states(tmp_path, source):
+    """What is saved and shown for prototype k is the state whose encoding the policy compares
+    with: exactly (to float tolerance) for source "states", with normalised observations (the
+    stored network inputs follow the normaliser); for "free", the distance that remains is
+    what `proto/drift` reports."""
+    cfg = small_cfg(total_steps=1200, updates_per_step=1.0)
+    cfg = dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, normalize_obs=True),
+                              proto=dataclasses.replace(
+                                  cfg.proto, projection_every=300,
+                                  **({} if source == "states" else
+                                     dict(source="free", target_weight_entropy=None,
+                                          target_action_spread=None))))
+    protosac_jax.train(cfg, out=tmp_path / "run", progress=False, quiet=True)
+    agent = protosac_jax.load(tmp_path / "run")
+    from protosac_jax import sac
+
+    assert np.all(agent.prototypes["update_step"] >= 0)  # all chosen from real states
+    states = sac.prepare_obs(agent.learner, jax.numpy.asarray(agent.prototypes["obs"]),
+                             agent.config.sac)
+    encoded = np.asarray(agent.actor.encode(agent.params, states))
+    shown_gap = np.linalg.norm(np.asarray(agent.actor.prototypes(agent.params)) - encoded,
+                               axis=-1)
+    drift = [json.loads(line).get("proto/drift")
+             for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    drift = [d for d in drift if d is not None][-1]
+    if source == "states":
+        assert shown_gap.max() < 1e-5 and drift < 1e-5
+        buffer_rows = agent.prototypes["buffer_index"]
+        assert len(set(buffer_rows.tolist())) == len(buffer_rows)  # distinct states
+    else:  # free prototypes trained on after the last projection (at 900 updates)
+        assert shown_gap.mean() > 1e-4
+        assert drift == pytest.approx(float(shown_gap.mean()), rel=1e-3)

@@ -48,13 +48,39 @@ def test_flags_override_preset():
                  "--usage-entropy-coef", "0.02")
     assert cfg.proto.init == "kmeans" and cfg.proto.weight_entropy_coef == 0.1
     assert cfg.proto.usage_entropy_coef == 0.02 and cfg_of().proto.init == "random"
+    default = cfg_of().proto
+    assert (default.source, default.similarity, default.normalize_latent) == (
+        "states", "softmax", True)
+    assert default.target_weight_entropy == 0.3 and default.target_action_spread is None
+    cfg = cfg_of("--prototypes", "free", "--similarity", "log", "--temperature", "1",
+                 "--target-weight-entropy", "none", "--normalize-latent", "False",
+                 "--target-action-spread", "0.01")
+    assert (cfg.proto.source, cfg.proto.similarity, cfg.proto.temperature) == ("free", "log", 1)
+    assert cfg.proto.target_weight_entropy is None and not cfg.proto.normalize_latent
+    assert cfg.proto.target_action_spread == 0.01
+
+
+def test_old_config_files_keep_the_behaviour_they_were_trained_with():
+    """A config.json written before the prototype sources existed loads as the original
+    ProtoSAC (free prototypes, no learned temperature), not as today's defaults."""
+    from protosac_jax import config as config_lib
+
+    data = config_lib.to_dict(config_lib.preset("pendulum"))
+    for key in ("source", "normalize_latent", "target_weight_entropy", "target_action_spread"):
+        del data["proto"][key]
+    proto = config_lib.from_dict(data).proto
+    assert (proto.source, proto.normalize_latent, proto.target_weight_entropy,
+            proto.target_action_spread) == ("free", False, None, None)
 
 
 @pytest.mark.parametrize("argv", [["--baseline", "maybe"], ["--num-envs", "0"],
                                   ["--total-steps", "-5"], ["--env", "nope"],
                                   ["--environment", "9"], ["--episodes", "2", "--total-steps", "9"],
                                   ["--env", "mountaincar", "--environment", "0"],
-                                  ["--hidden", "a,b"], ["--proto-init", "zeros"]])
+                                  ["--hidden", "a,b"], ["--proto-init", "zeros"],
+                                  ["--prototypes", "both"], ["--temperature", "0"],
+                                  ["--target-weight-entropy", "-1"],
+                                  ["--target-weight-entropy", "low"]])
 def test_bad_flags_raise_config_errors(argv):
     from protosac_jax.envs import EnvError
 
@@ -145,16 +171,24 @@ def test_real_short_run_writes_a_loadable_run_directory(tmp_path):
     assert "eval/return_mean_before_final_projection" not in lines[-1]
 
 
-def test_a_run_shorter_than_projection_every_ends_projected(tmp_path):
+@pytest.mark.parametrize("source", ["free", "states"])
+def test_a_run_shorter_than_projection_every_ends_projected(tmp_path, source):
+    """Free prototypes of a run that never projected are projected once at its end; states
+    prototypes are real states from their first selection, right before the first update."""
     out = tmp_path / "run"
     proc = run_cli("--env", "pendulum", "--total-steps", "1000", "--learning-starts", "500",
                    "--eval-every", "500", "--eval-episodes", "2", "--num-prototypes", "4",
-                   "--projection-every", "100000", "--out", str(out), "--no-progress",
-                   cwd=tmp_path)
+                   "--projection-every", "100000", "--prototypes", source, "--out", str(out),
+                   "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert "eval/return_mean_before_final_projection" in last
     import protosac_jax
 
     prov = protosac_jax.load(out).prototypes
-    assert (prov["update_step"] == 500).all() and (prov["buffer_index"] >= 0).all()
+    assert (prov["buffer_index"] >= 0).all() and len(set(prov["buffer_index"].tolist())) == 4
+    if source == "free":
+        assert "eval/return_mean_before_final_projection" in last
+        assert (prov["update_step"] == 500).all()
+    else:
+        assert "eval/return_mean_before_final_projection" not in last
+        assert (prov["update_step"] == 0).all() and last["proto/drift"] == 0.0

@@ -84,14 +84,13 @@ def test_action_change_curves_on_a_crisp_agent_favour_the_top_prototype():
     """Prototype k sits on obs k's latent (softmax, sharp): deleting the top prototype of each
     state moves its action far more than deleting a random one."""
     cfg = PrototypeConfig(num_prototypes=8, latent_dim=4, similarity="softmax",
-                          temperature=0.05)
+                          temperature=0.05, target_weight_entropy=None)
     actor = ProtoActor(1, cfg, (8,))
     obs = jax.random.normal(jax.random.PRNGKey(3), (8, 4))
     params = actor.init(jax.random.PRNGKey(4), obs)
     inner = dict(params["params"])
-    inner["prototypes"] = actor.encode(params, obs)
     inner["proto_means"] = jnp.linspace(-2, 2, 8)[:, None]
-    params = {**params, "params": inner}
+    params = {**params, "params": inner, "prototype_states": obs}
     curves = interpret.action_change_curves(actor, params, obs, [1, 2])
     assert curves["action_change_top"][0] > 3 * curves["action_change_random"][0]
 
@@ -105,7 +104,7 @@ def test_keep_for_share_takes_the_fewest_most_used():
     np.testing.assert_allclose(interpret.usage_mass(np.array([[1, 0], [0.5, 0.5]])), [.75, .25])
 
 
-def _tiny_agent(tmp_path=None, similarity="log"):
+def _tiny_agent(tmp_path=None, similarity="log", source="states"):
     """A real (untrained) Pendulum agent built the way `load` builds one."""
     from protosac_jax import loops, sac
     from protosac_jax.agent import Agent
@@ -115,27 +114,36 @@ def _tiny_agent(tmp_path=None, similarity="log"):
 
     cfg = TrainConfig(env="pendulum", sac=SACConfig(hidden_sizes=(16,)),
                       proto=PrototypeConfig(num_prototypes=6, latent_dim=3,
-                                            similarity=similarity))
+                                            similarity=similarity, source=source))
     spec = make_env("pendulum").spec
     actor = loops.make_actor(cfg, spec.action_dim)
     learner = sac.init(jax.random.PRNGKey(0), actor, cfg.sac, spec.obs_example(),
                        spec.action_dim)
     prov = Provenance.empty(6, spec.obs_example(), spec.render_example())
-    prov = prov.replace(buffer_index=jnp.arange(6, dtype=jnp.int32))
+    prov = prov.replace(buffer_index=jnp.arange(6, dtype=jnp.int32),
+                        obs=jax.random.normal(jax.random.PRNGKey(1), (6, 3)))
+    if source == "states":  # prototype k is the encoding of its state
+        learner = learner.replace(actor_params={**learner.actor_params,
+                                                "prototype_states": prov.obs})
     prototypes = {k: np.asarray(getattr(prov, k)) for k in
                   ("buffer_index", "obs", "render_state", "update_step", "distance")}
     return Agent(config=cfg, spec=spec, actor=actor, learner=learner, prototypes=prototypes,
                  meta={"env_steps": 123, "format_version": 2})
 
 
-@pytest.mark.parametrize("similarity", ["log", "softmax"])
-def test_pruned_agent_acts_like_the_masked_original(similarity):
-    agent = _tiny_agent(similarity=similarity)
+@pytest.mark.parametrize("similarity,source", [("log", "free"), ("softmax", "free"),
+                                               ("softmax", "states")])
+def test_pruned_agent_acts_like_the_masked_original(similarity, source):
+    agent = _tiny_agent(similarity=similarity, source=source)
     keep = np.array([4, 1, 2])
     pruned = interpret.prune_agent(agent, keep)
     assert pruned.config.proto.num_prototypes == 3
     p = pruned.params["params"]
-    np.testing.assert_array_equal(p["prototypes"], agent.params["params"]["prototypes"][keep])
+    if source == "free":
+        np.testing.assert_array_equal(p["prototypes"], agent.params["params"]["prototypes"][keep])
+    else:
+        np.testing.assert_array_equal(pruned.params["prototype_states"],
+                                      agent.params["prototype_states"][keep])
     np.testing.assert_array_equal(p["proto_means"], agent.params["params"]["proto_means"][keep])
     np.testing.assert_array_equal(pruned.prototypes["buffer_index"], keep)
     # Adam moments follow the params they belong to
@@ -166,3 +174,59 @@ def test_pruned_agent_saves_loads_and_refuses_to_resume(tmp_path):
     np.testing.assert_array_equal(loaded.prototypes["buffer_index"], [0, 5])
     with pytest.raises(checkpoint.CheckpointError, match="inference-only"):
         trainer.resume(tmp_path / "pruned", progress=False, quiet=True)
+
+
+def test_lookalike_hand_made():
+    """Points on a line; the decision at x=0 is explained by a prototype at 0.5: the evaluated
+    states farther than 0.5 from it are known exactly."""
+    states = np.array([[0.0], [1.0], [2.0], [3.0], [-3.0]])
+    top1 = np.zeros(5, np.int64)
+    # distances are scaled by the std over the states, which the ranks do not depend on
+    share = interpret.lookalike(states[:1].repeat(5, 0) * 0 + states, np.array([[0.5]]), top1,
+                                resolution=0.0)
+    # per decision: x=0 -> proto at 0.5, farther: 1,2,3,-3 -> 4/5; x=1 -> 0.5 away, farther
+    # than 0.5: 0,2,3,-3 -> 4/5; x=2 -> 1.5: 0,3,-3 (2.0, 1.0!, 5.0) -> 3 and 0 at 2.0 -> 3/5
+    # x=3 -> 2.5: 0 (3), -3 (6) -> 2/5; x=-3 -> 3.5: 1 (4), 2 (5), 3 (6) -> 3/5
+    assert share == pytest.approx(np.median([0.8, 0.8, 0.6, 0.4, 0.6]))
+    # the prototype equal to each decision's own state: every other state is farther
+    assert interpret.lookalike(states, states, np.arange(5), resolution=0.0) == 0.8
+    # repeats of a state (a fixed point) are one state at the resolution, not "more alike"
+    settled = np.array([[0.0]] * 8 + [[1.0], [2.0]])
+    proto = np.array([[0.1]])
+    assert interpret.lookalike(settled, proto, np.zeros(10, np.int64), resolution=0.0) <= 0.2
+    assert interpret.lookalike(settled, proto, np.zeros(10, np.int64)) >= 0.9
+
+
+def test_lookalike_on_pixels_uses_small_grayscale_frames():
+    frames = np.zeros((3, 96, 96, 3), np.uint8)
+    frames[1, :48] = 255  # top half white
+    frames[2, :, :48] = 255  # left half white
+    proto = frames[1:2].copy()
+    proto[0, :2] = 0  # nearly frame 1
+    feats = interpret.lookalike_features(frames, pixels=True)
+    assert feats.shape == (3, 576) and feats.max() <= 1.0
+    # decision 1 is explained by a prototype that looks like it: both others are farther
+    assert interpret.lookalike(frames[1:2], proto, np.zeros(1, np.int64), pixels=True,
+                               resolution=0.0) == 0.0  # only itself to compare: none farther
+    share = interpret.lookalike(frames, proto, np.zeros(3, np.int64), pixels=True,
+                                resolution=0.0)
+    # squared distances on the 24x24 frames: any two of the three differ in 288 cells; the
+    # prototype differs from frame 1 in 24 half cells (6), from frame 0 by 270 and from frame
+    # 2 by 282: for every decision both other frames are farther than its prototype -> 2/3
+    assert share == pytest.approx(2 / 3)
+
+
+def test_decision_metrics_scores_the_nearest_prototype_return():
+    weights = np.array([[0.9, 0.1], [0.2, 0.8]])
+    means = np.array([[0.0], [1.0]])
+    actions = np.tanh(weights @ means)
+    states = np.array([[0.0], [1.0]])
+    m = interpret.decision_metrics(weights, means, actions, states, states,
+                                   return_full=-100.0, return_nearest=-190.0,
+                                   return_random=-1000.0)
+    assert m["nearest_prototype_score"] == pytest.approx(0.9)
+    assert m["decisions"] == 2 and m["top1_weight"] == pytest.approx(0.85)
+    assert m["top1_agreement"] == 1.0  # |tanh(0.1) - 0| and |tanh(0.8) - tanh(1)| <= 0.25
+    assert m["lookalike"] == 1.0  # each decision's prototype is its own state
+    no_span = interpret.decision_metrics(weights, means, actions, states, states, 0, 0, 0, 0)
+    assert no_span["nearest_prototype_score"] is None

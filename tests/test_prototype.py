@@ -99,20 +99,67 @@ def test_entropy_terms_hand_made():
     assert float(prototype.entropy(collapsed.mean(0))) == pytest.approx(0.0, abs=1e-6)
 
 
+# The original ProtoSAC actor: free latent prototypes, ProtoPNet log similarity, fixed tau.
+FREE = dict(source="free", normalize_latent=False, target_weight_entropy=None,
+            similarity="log", temperature=1.0)
+
+
 def _actor(**kw):
+    """A small actor; free prototypes (the projection tests' subject) unless `kw` says."""
+    cfg = PrototypeConfig(num_prototypes=4, latent_dim=3, **{**FREE, **kw})
+    return prototype.ProtoActor(action_dim=2, cfg=cfg, hidden_sizes=(16,))
+
+
+def _states_actor(**kw):
+    """A small actor with the defaults: prototypes are encodings of stored states."""
     cfg = PrototypeConfig(num_prototypes=4, latent_dim=3, **kw)
     return prototype.ProtoActor(action_dim=2, cfg=cfg, hidden_sizes=(16,))
 
 
-def test_aux_loss_combines_terms_with_coefficients():
-    actor = _actor(ortho_coef=0.5, weight_entropy_coef=0.25, usage_entropy_coef=2.0,
-                   proximity_coef=0.3)
+@pytest.mark.parametrize("make", [_actor, _states_actor])
+def test_aux_loss_combines_terms_with_coefficients(make):
+    actor = make(ortho_coef=0.5, weight_entropy_coef=0.25, usage_entropy_coef=2.0,
+                 proximity_coef=0.3)
     obs = jax.random.normal(jax.random.PRNGKey(0), (10, 3))
     params = actor.init(jax.random.PRNGKey(1), obs)
+    if actor.states_source:
+        params = {**params, "prototype_states": obs[:4] * 2.0}
     loss, m = actor.aux_loss(params, obs)
     expected = (0.5 * m["proto/orthogonality"] + 0.25 * m["proto/weight_entropy"]
                 - 2.0 * m["proto/usage_entropy"] + 0.3 * m["proto/proximity"])
+    if actor.learns_temperature:  # dual term of the learned temperature
+        expected += params["params"]["log_temperature"] * (
+            m["proto/weight_entropy"] - actor.cfg.target_weight_entropy)
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_states_prototypes_are_the_encodings_of_their_states():
+    """Source "states": p_k = f(x_k) at every call, unit-length latents, one encoder pass."""
+    actor = _states_actor()
+    obs = jax.random.normal(jax.random.PRNGKey(0), (7, 3))
+    params = actor.init(jax.random.PRNGKey(1), obs)
+    assert "prototypes" not in params["params"] and params["prototype_states"].shape == (4, 3)
+    states = jax.random.normal(jax.random.PRNGKey(2), (4, 3))
+    params = {**params, "prototype_states": states}
+    out = actor.forward(params, obs)
+    encoded = actor.encode(params, states)
+    np.testing.assert_allclose(np.asarray(out.prototypes), np.asarray(encoded), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(out.latents), axis=-1), 1.0, rtol=1e-5)
+    # a state that IS prototype 2 is decided by prototype 2
+    assert int(np.argmax(np.asarray(actor.forward(params, states[2:3]).weights))) == 2
+
+
+def test_learned_temperature_moves_against_the_entropy_gap():
+    """log tau gets gradient only from the dual term: it falls while the weights are more
+    diffuse than the target entropy and rises while they are crisper."""
+    obs = jax.random.normal(jax.random.PRNGKey(0), (32, 3))
+    for target, sign in ((0.0, 1.0), (math.log(4.0), -1.0)):  # below / above any H(w)
+        actor = _states_actor(target_weight_entropy=target, temperature=0.5)
+        params = actor.init(jax.random.PRNGKey(1), obs)
+        params = {**params, "prototype_states": obs[:4]}
+        grads = jax.grad(lambda p: actor.aux_loss(p, obs)[0])(params)
+        assert sign * float(grads["params"]["log_temperature"]) > 0
+        assert float(actor.temperature(params)) == pytest.approx(0.5, rel=1e-6)
 
 
 @pytest.mark.parametrize("distribution", ["blend", "mixture"])
@@ -136,7 +183,7 @@ def test_mixture_gradient_reaches_weights():
     obs = jax.random.normal(jax.random.PRNGKey(0), (6, 3))
     params = actor.init(jax.random.PRNGKey(1), obs)
 
-    def loss(params):
+    def loss(params):  # noqa: E306
         a, lp, w = actor.samples(params, obs, jax.random.PRNGKey(2))
         return jnp.mean(jnp.sum(w * a[..., 0], -1))
 
@@ -262,13 +309,13 @@ def test_proto_init_kmeans_puts_prototypes_on_encoded_warmup_states(init):
 
     cfg = TrainConfig(env="pendulum", learning_starts=256, sac=SACConfig(hidden_sizes=(16,)),
                       proto=PrototypeConfig(num_prototypes=4, latent_dim=3, init=init,
-                                            kmeans_samples=256, projection_every=0))
+                                            kmeans_samples=256, projection_every=0, **FREE))
     loop = make_loop(cfg)
     ts = loops.init_state(loop, jax.random.PRNGKey(0))
     step = jax.jit(lambda ts: loops.env_step(loop, ts)[0])
     for _ in range(256):
         ts = step(ts)
-    after = jax.jit(lambda ts: loops.maybe_kmeans_init(loop, ts, 1))(ts)  # 1 update due
+    after = jax.jit(lambda ts: loops.maybe_init_prototypes(loop, ts, 1))(ts)  # 1 update due
 
     def quantisation_error(ts):
         z = loop.actor.encode(ts.learner.actor_params, sac.prepare_obs(
@@ -282,11 +329,65 @@ def test_proto_init_kmeans_puts_prototypes_on_encoded_warmup_states(init):
     else:
         assert quantisation_error(after) < 0.2 * quantisation_error(ts)
         # not on an iteration where no update is due (a fractional --updates-per-step)
-        idle = loops.maybe_kmeans_init(loop, ts, 0)
+        idle = loops.maybe_init_prototypes(loop, ts, 0)
         np.testing.assert_array_equal(idle.learner.actor_params["params"]["prototypes"],
                                       ts.learner.actor_params["params"]["prototypes"])
         # only once: after the first update nothing changes any more
         later = dataclasses.replace(after, learner=after.learner.replace(num_updates=1))
-        again = loops.maybe_kmeans_init(loop, later, 1)
+        again = loops.maybe_init_prototypes(loop, later, 1)
         np.testing.assert_array_equal(again.learner.actor_params["params"]["prototypes"],
                                       after.learner.actor_params["params"]["prototypes"])
+
+
+def test_mixture_projection_keeps_its_gaussians():
+    """The ridge re-fit matches a blend's mean/std, which a mixture does not have: with
+    `mixture` the projection leaves the heads alone."""
+    actor = _actor(distribution="mixture")
+    obs = jax.random.normal(jax.random.PRNGKey(5), (64, 3))
+    params = actor.init(jax.random.PRNGKey(6), obs)
+    new, _ = prototype.project_prototypes(actor, params, obs, obs[:, :1], 64, 0, refit_obs=obs)
+    for name in ("proto_means", "proto_log_stds"):
+        np.testing.assert_array_equal(np.asarray(new["params"][name]),
+                                      np.asarray(params["params"][name]))
+
+
+def test_select_prototype_states_picks_distinct_real_rows_and_refits_after_the_first():
+    actor = _states_actor(kmeans_samples=64, kmeans_iters=5)
+    buffer_obs = jax.random.normal(jax.random.PRNGKey(3), (80, 3))
+    render = jnp.arange(80, dtype=jnp.float32)[:, None]
+    params = actor.init(jax.random.PRNGKey(4), buffer_obs)
+    inner = dict(params["params"])
+    inner["proto_means"] = jax.random.normal(jax.random.PRNGKey(7), inner["proto_means"].shape)
+    params = {**params, "params": inner}
+    size = 50  # rows >= 50 are not data yet
+    first, prov = prototype.select_prototype_states(
+        actor, params, buffer_obs, render, size, jax.random.PRNGKey(0), 9, True, chunk=16)
+    index = np.asarray(prov.buffer_index)
+    assert len(set(index.tolist())) == 4 and index.max() < size
+    np.testing.assert_array_equal(np.asarray(first["prototype_states"]),
+                                  np.asarray(buffer_obs[index]))
+    np.testing.assert_array_equal(np.asarray(prov.obs), np.asarray(buffer_obs[index]))
+    np.testing.assert_array_equal(np.asarray(prov.render_state[:, 0]), index)
+    assert np.all(np.asarray(prov.update_step) == 9)
+    # first selection: the heads are kept (the placeholders gave no policy worth fitting)
+    np.testing.assert_array_equal(np.asarray(first["params"]["proto_means"]),
+                                  np.asarray(inner["proto_means"]))
+    # a later selection re-fits them (blend), starting from the current prototypes
+    again, prov2 = prototype.select_prototype_states(
+        actor, first, buffer_obs, render, size, jax.random.PRNGKey(1), 10, False, chunk=16)
+    assert np.asarray(prov2.buffer_index).max() < size
+    if not np.array_equal(np.asarray(prov2.buffer_index), index):
+        assert not np.array_equal(np.asarray(again["params"]["proto_means"]),
+                                  np.asarray(first["params"]["proto_means"]))
+
+
+def test_decision_stats_hand_made():
+    weights = jnp.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.1, 0.9]])
+    means = jnp.array([[0.0], [1.0], [-1.0]])  # pre-squash
+    actions = jnp.array([[0.1], [0.9], [jnp.tanh(-1.0)]])
+    s = prototype.decision_stats(weights, means, actions)
+    h2 = math.exp(-(0.1 * math.log(0.1) + 0.9 * math.log(0.9)))
+    assert float(s["effective_prototypes"]) == pytest.approx((1.0 + 2.0 + h2) / 3, rel=1e-5)
+    assert float(s["top1_weight"]) == pytest.approx((1.0 + 0.5 + 0.9) / 3, rel=1e-6)
+    # row 0: |0.1 - 0| ok; row 1: top-1 is p0 (first max), |0.9 - 0| too far; row 2: exact
+    assert float(s["top1_agreement"]) == pytest.approx(2 / 3, rel=1e-6)

@@ -39,9 +39,19 @@ def _named_leaves(tree):
 def test_update_changes_everything_and_polyak_is_exact(name):
     actor = ACTORS[name]
     state = sac.init(jax.random.PRNGKey(1), actor, CFG, jnp.zeros(3), 1)
+    constants = {}
+    if name != "baseline":  # distinct prototype states (the zero placeholders are all alike)
+        constants = {"prototype_states": jax.random.normal(jax.random.PRNGKey(3), (8, 3))}
+        state = state.replace(actor_params={**state.actor_params, **constants})
     new, metrics = jax.jit(sac.update, static_argnums=(3, 4, 5))(
         state, _batch(), jax.random.PRNGKey(2), actor, CFG, 1)
     assert int(new.num_updates) == 1
+    # the stored prototype states are constants of the step: untouched, and not optimised
+    for key, value in constants.items():
+        np.testing.assert_array_equal(np.asarray(new.actor_params[key]), np.asarray(value))
+        assert key not in str(jax.tree_util.tree_structure(new.actor_opt_state))
+    state = state.replace(actor_params=sac.trainable(state.actor_params))
+    new = new.replace(actor_params=sac.trainable(new.actor_params))
     for key in ("losses/critic", "losses/actor", "charts/alpha", "charts/entropy"):
         assert np.isfinite(float(metrics[key]))
     # Every learned leaf takes a step: each actor and critic parameter, each optimizer-state

@@ -1,0 +1,70 @@
+"""Train runs and measure how readable their decisions are (issue #15's table).
+
+    python benchmarks/decisions.py --env pendulum --seeds 0 1 2 3 4 [train.py flags ...]
+
+For each seed: `train.py --env ENV --seed S --out OUT/<tag>-s<S> <flags>`, then on the final
+policy (5 evaluation episodes, seed 0) the decision metrics viz.py writes to viz.json
+("decisions"), the top-1 deletion ratio (viz.py --faithfulness, k=1) and wall-clock. One JSON
+line per run is appended to --results (benchmarks/results/decisions.jsonl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def measure(run: Path, episodes: int = 5) -> dict:
+    import jax.numpy as jnp
+    import numpy as np
+
+    import protosac_jax
+    from protosac_jax import interpret, sac, visualize
+
+    agent = protosac_jax.load(run)
+    eps = visualize.play_episodes(agent.config, agent.spec, agent.actor, agent.learner,
+                                  episodes, seed=0)
+    out = {"return_eval": float(np.mean([e.ret for e in eps]))}
+    if agent.is_proto:
+        out.update(visualize.decisions(agent, eps, seed=0))
+        obs = sac.prepare_obs(agent.learner, jnp.asarray(np.concatenate([e.obs for e in eps])),
+                              agent.config.sac)
+        change = interpret.action_change_curves(agent.actor, agent.params, obs, [1])
+        out["deletion_top1_vs_random"] = (change["action_change_top"][0]
+                                          / max(change["action_change_random"][0], 1e-12))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--env", default="pendulum")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--tag", default="default")
+    p.add_argument("--out", default="/tmp/decisions")
+    p.add_argument("--results", default=str(ROOT / "benchmarks/results/decisions.jsonl"))
+    args, flags = p.parse_known_args()
+    for seed in args.seeds:
+        run = Path(args.out) / f"{args.env}-{args.tag}-s{seed}"
+        t0 = time.time()
+        subprocess.run([sys.executable, str(ROOT / "train.py"), "--env", args.env, "--seed",
+                        str(seed), "--out", str(run), "--no-progress", "--quiet", *flags],
+                       check=True)
+        wall = time.time() - t0
+        summary = json.loads((run / "summary.json").read_text())
+        row = {"env": args.env, "tag": args.tag, "seed": seed, "flags": flags,
+               "train_wall_s": round(wall, 1), "final_eval": summary.get("final_eval"),
+               **measure(run), "date": time.strftime("%Y-%m-%d")}
+        print(json.dumps(row), flush=True)
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
