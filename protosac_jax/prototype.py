@@ -150,7 +150,9 @@ def entropy(p, axis=-1):
 
 def orthogonality_loss(prototypes):
     """||P^ P^T - I||_F^2 with unit-norm rows P^."""
-    unit = prototypes / (jnp.linalg.norm(prototypes, axis=-1, keepdims=True) + 1e-8)
+    # sqrt(. + eps), not jnp.linalg.norm: a zero prototype (the encoding of an all-zero obs
+    # through zero-initialised biases) must not turn the gradient into NaN
+    unit = prototypes * jax.lax.rsqrt(jnp.sum(prototypes**2, axis=-1, keepdims=True) + 1e-12)
     gram = unit @ unit.T
     return jnp.sum((gram - jnp.eye(prototypes.shape[0])) ** 2)
 

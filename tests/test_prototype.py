@@ -391,3 +391,16 @@ def test_decision_stats_hand_made():
     assert float(s["top1_weight"]) == pytest.approx((1.0 + 0.5 + 0.9) / 3, rel=1e-6)
     # row 0: |0.1 - 0| ok; row 1: top-1 is p0 (first max), |0.9 - 0| too far; row 2: exact
     assert float(s["top1_agreement"]) == pytest.approx(2 / 3, rel=1e-6)
+
+
+def test_gradients_stay_finite_when_a_prototype_state_encodes_to_zero():
+    """An all-zero obs through zero-initialised biases encodes to exactly 0: the unit scaling
+    and the orthogonality loss must not divide 0 by 0 in the gradient."""
+    actor = _states_actor()
+    obs = jnp.concatenate([jnp.zeros((1, 3)), jax.random.normal(jax.random.PRNGKey(0), (5, 3))])
+    params = actor.init(jax.random.PRNGKey(1), obs)
+    params = {**params, "prototype_states": obs[:4]}
+    assert float(jnp.abs(actor.prototypes(params)[0]).max()) == 0.0
+    grads = jax.grad(lambda p: actor.aux_loss(p, obs)[0] + jnp.sum(
+        actor.samples(p, obs, jax.random.PRNGKey(2))[0]))(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
