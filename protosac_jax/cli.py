@@ -91,6 +91,9 @@ def build_parser() -> OneLineParser:
     a("--normalize-latent", type=parse_bool,
       help="unit-length latents and prototypes (True/False; default True)")
     a("--distribution", choices=["blend", "mixture"])
+    a("--decide", choices=["top1", "mean", "auto"],
+      help="deterministic action: top1 (default: the deciding prototype's own action), mean "
+      "(the blend's mean), auto (mean for blend, top1 for mixture: the original)")
     a("--projection-every", type=int, help="updates between projections (0 = off)")
     a("--weight-entropy-coef", type=float,
       help="penalty on per-state weight entropy (crisper assignments; default 0.001)")
@@ -164,7 +167,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     top.update(run_flags(args))
     for flag, field in [("num_prototypes", "num_prototypes"), ("latent_dim", "latent_dim"),
                         ("similarity", "similarity"), ("distribution", "distribution"),
-                        ("prototypes", "source"), ("temperature", "temperature"),
+                        ("prototypes", "source"), ("decide", "decide"), ("temperature", "temperature"),
                         ("target_weight_entropy", "target_weight_entropy"),
                         ("target_action_spread", "target_action_spread"),
                         ("normalize_latent", "normalize_latent"),

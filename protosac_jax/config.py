@@ -74,6 +74,12 @@ class PrototypeConfig:
     target_action_spread: float | None = None
     log_eps: float = 1e-4  # eps of the ProtoPNet log-ratio similarity
     distribution: str = "blend"  # blend | mixture
+    # The deterministic action (evaluation, Agent.act, viz): "top1" = the deciding prototype's
+    # own action tanh(m_k), k = argmax_k w_k, so every decision is made by one prototype, as
+    # its explanation says (a soft blend can balance between two opposite prototypes, see
+    # benchmarks/RESULTS.md); "mean" = tanh(sum_k w_k m_k), the blend's mean; "auto" = the
+    # original's choice (mean for blend, top1 for mixture). Training samples the full policy.
+    decide: str = "top1"
     ortho_coef: float = 0.01
     weight_entropy_coef: float = 0.001  # penalises diffuse per-state weights
     usage_entropy_coef: float = 0.01  # rewards using every prototype across a batch
@@ -209,6 +215,8 @@ def validate(cfg: TrainConfig) -> None:
          f"--prototypes must be states or free (got {cfg.proto.source!r})"),
         (cfg.proto.target_weight_entropy is None or cfg.proto.target_weight_entropy >= 0,
          "--target-weight-entropy must be >= 0 (or none)"),
+        (cfg.proto.decide in ("top1", "mean", "auto"),
+         f"--decide must be top1, mean or auto (got {cfg.proto.decide!r})"),
         (cfg.proto.target_action_spread is None or cfg.proto.target_action_spread >= 0,
          "--target-action-spread must be >= 0 (or none)"),
         (cfg.proto.kmeans_samples >= cfg.proto.num_prototypes,
@@ -323,7 +331,8 @@ def to_json(cfg: TrainConfig) -> str:
 # Values of fields added after older config.json files were written: what those runs did.
 _LEGACY_DEFAULTS = {
     "PrototypeConfig": {"source": "free", "normalize_latent": False,
-                        "target_weight_entropy": None, "target_action_spread": None},
+                        "target_weight_entropy": None, "target_action_spread": None,
+                        "decide": "auto"},
 }
 
 

@@ -31,11 +31,9 @@ def masked_weights(weights, keep):
 
 
 def action_from_weights(actor, weights, means):
-    """The deterministic action for given weights (blend: tanh(w @ m); mixture: the mean of
-    the most-weighted component), as `ProtoActor.deterministic` computes it."""
-    if actor.cfg.distribution == "blend":
-        return jnp.tanh(weights @ means)
-    return jnp.tanh(means[jnp.argmax(weights, axis=-1)])
+    """The deterministic action for given weights, as `ProtoActor.deterministic` computes it
+    (the top prototype's own action, or the blend's mean with decide "mean")."""
+    return actor.action_from_weights(weights, means)
 
 
 def top_k_mask(weights, k: int):
@@ -73,8 +71,8 @@ def explain(actor, params, obs, top_k: int = 3) -> dict[str, np.ndarray]:
         "contribution_share": share,  # |w_k m_k| / sum_j |w_j m_j|
         "top_k_share": np.take_along_axis(share, top[:, :, None], axis=1),
         "pre_squash_mean": contributions.sum(1),
-        "action": np.tanh(contributions.sum(1)) if actor.cfg.distribution == "blend"
-        else np.tanh(means[np.argmax(weights, axis=-1)]),
+        "action": np.asarray(actor.action_from_weights(jnp.asarray(weights),
+                                                       jnp.asarray(means))),
         "proto_means": means,
         "proto_stds": np.exp(np.asarray(out.log_stds)),
     }

@@ -298,10 +298,21 @@ class ProtoActor:
         return self.deterministic_from(self.forward(params, obs))
 
     def deterministic_from(self, out: ProtoOutputs):
-        if self.cfg.distribution == "blend":
-            return jnp.tanh(out.weights @ out.means)
-        # Mixture: the mean of the most-weighted component (a mode-seeking choice).
-        return jnp.tanh(out.means[jnp.argmax(out.weights, axis=-1)])
+        return self.action_from_weights(out.weights, out.means)
+
+    @property
+    def decides_top1(self) -> bool:
+        """The deterministic action is the top prototype's own (cfg.decide)."""
+        return self.cfg.decide == "top1" or (self.cfg.decide == "auto"
+                                             and self.cfg.distribution == "mixture")
+
+    def action_from_weights(self, weights, means):
+        """The deterministic action for weights [B, K]: the top prototype's own action
+        tanh(m_argmax w) (decide top1; for a mixture, the mode-seeking choice) or the blend's
+        mean tanh(w @ m) (decide mean)."""
+        if self.decides_top1:
+            return jnp.tanh(means[jnp.argmax(weights, axis=-1)])
+        return jnp.tanh(weights @ means)
 
     def aux_loss(self, params, obs):
         return self._aux(params, self.forward(params, obs))
@@ -322,7 +333,9 @@ class ProtoActor:
             gap = jax.lax.stop_gradient(weight_entropy - self.cfg.target_weight_entropy)
             loss = loss + params["params"]["log_temperature"] * gap
         if self.cfg.target_action_spread is not None:
-            spread = jnp.mean(action_spread(out.weights, out.means))
+            # through the heads only (weights stop-gradient): prototypes that share decisions
+            # move their actions together; the encoder is not pushed to regroup states
+            spread = jnp.mean(action_spread(jax.lax.stop_gradient(out.weights), out.means))
             log_coef = params["params"]["log_spread_coef"]
             # the penalty lambda * spread shapes the actor; lambda rises while the spread is
             # above its target and falls (towards no penalty) while it is below
@@ -330,7 +343,9 @@ class ProtoActor:
                     - log_coef * jax.lax.stop_gradient(spread - self.cfg.target_action_spread))
             metrics = {"proto/action_spread": spread, "proto/spread_coef": jnp.exp(log_coef)}
         usage = jnp.mean(out.weights, axis=0)
-        decisions = decision_stats(out.weights, out.means, self.deterministic_from(out))
+        # agreement of the top prototype with the blend's mean (the centre of the exploring
+        # policy); with decide top1 the deterministic action agrees by construction
+        decisions = decision_stats(out.weights, out.means, jnp.tanh(out.weights @ out.means))
         return loss, {
             # prototypes whose batch usage is below 1/(10 K): effectively unused
             "proto/dead": jnp.sum(usage < 0.1 / usage.shape[0]).astype(jnp.float32),

@@ -191,4 +191,4 @@ def test_a_run_shorter_than_projection_every_ends_projected(tmp_path, source):
         assert (prov["update_step"] == 500).all()
     else:
         assert "eval/return_mean_before_final_projection" not in last
-        assert (prov["update_step"] == 0).all() and last["proto/drift"] == 0.0
+        assert (prov["update_step"] == 0).all() and abs(last["proto/drift"]) < 1e-6

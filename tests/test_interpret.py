@@ -10,8 +10,9 @@ from protosac_jax.config import PrototypeConfig
 from protosac_jax.prototype import ProtoActor
 
 
-def test_deleting_the_dominant_prototype_moves_the_action_to_the_next_ones_mean():
-    actor = ProtoActor(2, PrototypeConfig(num_prototypes=3, latent_dim=2), (8,))
+@pytest.mark.parametrize("decide", ["top1", "mean"])
+def test_deleting_the_dominant_prototype_moves_the_action_to_the_next_ones_mean(decide):
+    actor = ProtoActor(2, PrototypeConfig(num_prototypes=3, latent_dim=2, decide=decide), (8,))
     means = jnp.array([[2.0, -1.0], [-0.5, 0.7], [1.5, 1.5]])
     weights = jnp.array([[1 - 1e-3 - 1e-6, 1e-3, 1e-6]])  # p0 owns (almost) all weight
     full = interpret.action_from_weights(actor, weights, means)
@@ -35,15 +36,17 @@ def test_masks_delete_exactly_k_and_weights_renormalise():
     assert np.all(np.asarray(weights)[np.asarray(top) == 0] == np.asarray(weights).max(-1))
 
 
-@pytest.mark.parametrize("distribution", ["blend", "mixture"])
-def test_explanation_decomposes_the_action(distribution):
-    actor = ProtoActor(2, PrototypeConfig(num_prototypes=4, latent_dim=3,
-                                          distribution=distribution, init_log_std=-1.0), (8,))
+@pytest.mark.parametrize("distribution,decide", [("blend", "mean"), ("blend", "top1"),
+                                                  ("mixture", "top1")])
+def test_explanation_decomposes_the_action(distribution, decide):
+    actor = ProtoActor(2, PrototypeConfig(num_prototypes=4, latent_dim=3, decide=decide,
+                                          distribution=distribution, init_log_std=-1.0,
+                                          target_weight_entropy=None, temperature=1.0), (8,))
     obs = jax.random.normal(jax.random.PRNGKey(1), (7, 5))
     params = actor.init(jax.random.PRNGKey(2), obs)
     inner = dict(params["params"])  # distinct heads, large enough that tanh(m) != m
     inner["proto_means"] = jnp.array([[-1.2, 0.8], [0.9, 1.1], [0.3, -1.0], [1.4, -0.6]])
-    params = {**params, "params": inner}
+    params = {**params, "params": inner, "prototype_states": 3.0 * obs[:4]}
     e = interpret.explain(actor, params, obs, top_k=2)
     np.testing.assert_allclose(e["action"], np.asarray(actor.deterministic(params, obs)),
                                atol=1e-5)
@@ -62,8 +65,13 @@ def test_explanation_decomposes_the_action(distribution):
     u = np.arctanh(np.clip(np.asarray(act(noise, keys), np.float64), -1 + 1e-7, 1 - 1e-7))
     # 20k samples of u (std < 1.2): standard error of the mean < 0.01
     np.testing.assert_allclose(u.mean(0), e["pre_squash_mean"], atol=0.03)
+    if decide == "top1":  # the action taken is the top prototype's own
+        np.testing.assert_allclose(e["action"], np.tanh(np.asarray(inner["proto_means"])[
+            e["top_k"][:, 0]]), atol=1e-5)
     if distribution == "blend":
-        np.testing.assert_allclose(np.tanh(e["contributions"].sum(1)), e["action"], atol=1e-5)
+        if decide == "mean":
+            np.testing.assert_allclose(np.tanh(e["contributions"].sum(1)), e["action"],
+                                       atol=1e-5)
         return
     # Without noise each action is tanh(m_c) exactly: which prototype acted is visible.
     u0 = np.arctanh(np.asarray(act(jnp.zeros((n, 7, 2)), keys), np.float64))  # [n, 7, A]

@@ -101,7 +101,7 @@ def test_entropy_terms_hand_made():
 
 # The original ProtoSAC actor: free latent prototypes, ProtoPNet log similarity, fixed tau.
 FREE = dict(source="free", normalize_latent=False, target_weight_entropy=None,
-            similarity="log", temperature=1.0)
+            similarity="log", temperature=1.0, decide="auto")
 
 
 def _actor(**kw):
@@ -404,3 +404,17 @@ def test_gradients_stay_finite_when_a_prototype_state_encodes_to_zero():
     grads = jax.grad(lambda p: actor.aux_loss(p, obs)[0] + jnp.sum(
         actor.samples(p, obs, jax.random.PRNGKey(2))[0]))(params)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_decide_top1_acts_as_the_top_prototype_and_mean_as_the_blend():
+    weights = jnp.array([[0.54, 0.46, 0.0], [0.1, 0.2, 0.7]])
+    means = jnp.array([[1.25], [-1.2], [0.3]])
+    top1 = _states_actor(decide="top1")
+    np.testing.assert_allclose(np.asarray(top1.action_from_weights(weights, means)),
+                               np.tanh([[1.25], [0.3]]), rtol=1e-6)
+    mean = _states_actor(decide="mean")
+    np.testing.assert_allclose(np.asarray(mean.action_from_weights(weights, means)),
+                               np.tanh(np.asarray(weights @ means)), rtol=1e-6)
+    # "auto" is the original: the blend's mean, a mixture's top component
+    assert not _states_actor(decide="auto").decides_top1
+    assert _states_actor(decide="auto", distribution="mixture").decides_top1
