@@ -92,8 +92,8 @@ def build_parser() -> OneLineParser:
       help="unit-length latents and prototypes (True/False; default True)")
     a("--distribution", choices=["blend", "mixture"])
     a("--decide", choices=["top1", "mean", "auto"],
-      help="deterministic action: top1 (default: the deciding prototype's own action), mean "
-      "(the blend's mean), auto (mean for blend, top1 for mixture: the original)")
+      help="deterministic action: auto (default: the blend's mean; a mixture's top component), "
+      "top1 (the deciding prototype's own action), mean (the weighted mean)")
     a("--projection-every", type=int, help="updates between projections (0 = off)")
     a("--weight-entropy-coef", type=float,
       help="penalty on per-state weight entropy (crisper assignments; default 0.001)")
