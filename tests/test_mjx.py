@@ -104,6 +104,10 @@ cfg = dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, batch_size=64))
 loop = loops.Loop(make_env("pendulum"), loops.make_actor(cfg, 1), cfg)
 ts = loops.init_state_jit(loop, jax.random.PRNGKey(0))
 ts, _ = loops.run_chunk_jit(loop, ts, 100)  # warm-up: fill 400 rows
+# as the loop does right before its first update: choose the prototype states (until then
+# all prototypes are one placeholder, the encoder's true gradient is 0 and Adam would turn
+# float noise into full steps)
+ts = loops.project_jit(loop, ts)
 mesh = parallel.make_mesh()
 shardings = parallel.state_shardings(ts, mesh, cfg.num_envs)
 sharded = jax.device_put(ts, shardings)
