@@ -90,6 +90,7 @@ class PrototypeConfig:
     projection_chunk: int = 4096  # buffer rows encoded per block during projection
     # After each projection, re-fit the prototypes' Gaussians (closed-form ridge) on this many
     # replay states so the policy survives the projection (prototype.refit_heads); 0 = off.
+    # Source "states" re-fits on the `kmeans_samples` states it selected from (any value > 0).
     refit_samples: int = 4096
     refit_ridge: float = 1e-3
     # Prototype initialisation: "random" (N(0, 1) in latent space) or "kmeans" (at the first
