@@ -167,7 +167,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     top.update(run_flags(args))
     for flag, field in [("num_prototypes", "num_prototypes"), ("latent_dim", "latent_dim"),
                         ("similarity", "similarity"), ("distribution", "distribution"),
-                        ("prototypes", "source"), ("decide", "decide"), ("temperature", "temperature"),
+                        ("prototypes", "source"), ("decide", "decide"),
+                        ("temperature", "temperature"),
                         ("target_weight_entropy", "target_weight_entropy"),
                         ("target_action_spread", "target_action_spread"),
                         ("normalize_latent", "normalize_latent"),

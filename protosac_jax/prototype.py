@@ -258,7 +258,8 @@ class ProtoActor:
     def forward(self, params, obs) -> ProtoOutputs:
         latents, prototypes = self._latents_and_prototypes(params, obs)
         means = params["params"]["proto_means"]
-        log_stds = jnp.clip(params["params"]["proto_log_stds"], self.cfg.log_std_min, self.cfg.log_std_max)
+        log_stds = jnp.clip(params["params"]["proto_log_stds"], self.cfg.log_std_min,
+                            self.cfg.log_std_max)
         distances = squared_distances(latents, prototypes)
         weights = proto_weights(distances, self.cfg.similarity, self.temperature(params),
                                 self.cfg.log_eps)

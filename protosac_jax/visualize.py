@@ -157,7 +157,8 @@ def decisions(agent, eps: list[Episode], seed: int = 0) -> dict[str, Any]:
                                                         cfg.proto.num_prototypes, seed))
     pixels = np.dtype(spec.obs_dtype) == np.uint8 and len(spec.obs_shape) == 3
     return interpret.decision_metrics(
-        np.concatenate([e.weights for e in eps]), np.asarray(agent.params["params"]["proto_means"]),
+        np.concatenate([e.weights for e in eps]),
+        np.asarray(agent.params["params"]["proto_means"]),
         np.concatenate([e.actions for e in eps]), np.concatenate([e.obs for e in eps]),
         np.asarray(agent.prototypes["obs"]), pixels,
         return_full=np.mean([e.ret for e in eps]),
@@ -168,7 +169,8 @@ def decisions(agent, eps: list[Episode], seed: int = 0) -> dict[str, Any]:
 def prototype_drift(agent) -> np.ndarray:
     """[K] latent distance between each prototype and the encoding of the state shown for it
     (0 by construction for source "states")."""
-    states = sac.prepare_obs(agent.learner, jnp.asarray(agent.prototypes["obs"]), agent.config.sac)
+    states = sac.prepare_obs(agent.learner, jnp.asarray(agent.prototypes["obs"]),
+                             agent.config.sac)
     return np.linalg.norm(np.asarray(agent.actor.prototypes(agent.params))
                           - np.asarray(agent.actor.encode(agent.params, states)), axis=-1)
 
