@@ -392,10 +392,8 @@ def summarize(loop: Loop, ts: TrainState, totals, num_iterations, returns):
 def prototype_drift(loop: Loop, learner: sac.SACState, provenance: Provenance):
     """Mean latent distance between each prototype and the encoding of the state shown for
     it (0 by construction for source "states"; NaN before any state was chosen)."""
-    actor = loop.actor
-    states = sac.prepare_obs(learner, provenance.obs, loop.cfg.sac)
-    gap = jnp.linalg.norm(actor.prototypes(learner.actor_params)
-                          - actor.encode(learner.actor_params, states), axis=-1)
+    gap = prototype.drift(loop.actor, learner.actor_params,
+                          sac.prepare_obs(learner, provenance.obs, loop.cfg.sac))
     return jnp.where(jnp.min(provenance.update_step) >= 0, jnp.mean(gap), jnp.nan)
 
 

@@ -362,6 +362,12 @@ class ProtoActor:
         }
 
 
+def drift(actor: ProtoActor, params, states):
+    """[K] latent distance between each prototype and the encoding of the (network-ready)
+    state shown for it: 0 by construction for source "states", the real gap for "free"."""
+    return jnp.linalg.norm(actor.prototypes(params) - actor.encode(params, states), axis=-1)
+
+
 # ----------------------------------------------------------------------------- decisions
 AGREEMENT_TOLERANCE = 0.25  # mean |a - tanh(m_top1)| over action dims, policy units [-1, 1]
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from protosac_jax import envs, render, sac
+from protosac_jax import envs, prototype, render, sac
 from protosac_jax.prototype import ProtoActor
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame (Box2D rendering) without a display
@@ -164,15 +164,6 @@ def decisions(agent, eps: list[Episode], seed: int = 0) -> dict[str, Any]:
         return_full=np.mean([e.ret for e in eps]),
         return_nearest=np.mean([e.ret for e in nearest]),
         return_random=np.mean([e.ret for e in rand]))
-
-
-def prototype_drift(agent) -> np.ndarray:
-    """[K] latent distance between each prototype and the encoding of the state shown for it
-    (0 by construction for source "states")."""
-    states = sac.prepare_obs(agent.learner, jnp.asarray(agent.prototypes["obs"]),
-                             agent.config.sac)
-    return np.linalg.norm(np.asarray(agent.actor.prototypes(agent.params))
-                          - np.asarray(agent.actor.encode(agent.params, states)), axis=-1)
 
 
 def prototype_table(agent, eps: list[Episode]) -> dict[str, np.ndarray]:
@@ -439,10 +430,14 @@ def export(agent, out: Path, episodes: int = 5, top_k: int = 3, fmt: str = "png"
             decided = decisions(agent, eps, seed)
             nearest = nearest_evaluated_states(eps, k, per_prototype=5)
             thumbs = render.prototype_images(spec, agent.prototypes, frames, blank=True)
+            drift = None
+            if not agent.actor.states_source:  # free prototypes: how far each is from its tile
+                shown = sac.prepare_obs(agent.learner, jnp.asarray(agent.prototypes["obs"]),
+                                        cfg.sac)
+                drift = np.asarray(prototype.drift(agent.actor, agent.params, shown))
             files["prototypes"] = render.save_grid(
                 out / f"prototypes.{fmt}", spec, agent.params["params"], agent.prototypes,
-                usage, images=thumbs, agreement=table["agreement"],
-                drift=None if agent.actor.states_source else prototype_drift(agent))
+                usage, images=thumbs, agreement=table["agreement"], drift=drift)
         else:
             log("note: prototype views need a ProtoSAC checkpoint; this is a --baseline (plain "
                 "SAC) run, so only the video and action plots are exported")
