@@ -221,7 +221,7 @@ def save_grid(path: Path, spec, actor_params, provenance, usage=None, images=Non
     k = len(images)
     cols = min(8, k)
     rows = math.ceil(k / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 2.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, (2.0 if drift is None else 2.3) * rows), squeeze=False)
     order = list(range(k)) if usage is None else list(np.argsort(-np.asarray(usage),
                                                                   kind="stable"))
     for slot, ax in enumerate(axes.flat):
