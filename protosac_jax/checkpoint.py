@@ -15,9 +15,12 @@ Layout of a run directory:
   ckpt/best/<env_steps>/           the best-by-eval policy (learner, provenance, meta)
 
 Orbax writes each step into a temporary directory and renames it when complete, so a step
-directory that exists is whole; an interrupted save leaves only a temporary directory that
-Orbax ignores. A step that still fails to restore (disk corruption) is skipped with a warning
-and the previous good step is used.
+directory that exists is whole; an interrupted save (kill -9, full disk) leaves only a
+temporary directory that is never read and is removed by the next save. After the commit each
+step gets `protosac_manifest.json` (size and SHA-256 of every file): a step whose files were
+truncated or overwritten afterwards is `CorruptCheckpoint`. Resume skips such a step (and any
+step Orbax cannot read) with a warning and uses the previous good one; `load_policy` refuses it
+in one line that names the older step. A failed write raises outputs.WriteError.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from protosac_jax import outputs
+
 # 3: update credit in `loop`, `unprojected`, meta["buffer_capacity"] (2 is still read)
 FORMAT_VERSION = 3
 ITEMS_FULL = ("learner", "provenance", "loop", "buffer", "unprojected", "meta")
@@ -43,10 +48,17 @@ class CheckpointError(ValueError):
     """A run directory or checkpoint that cannot be used (the CLI turns this into one line)."""
 
 
+class CorruptCheckpoint(CheckpointError):
+    """One step's files are damaged (truncated, overwritten, missing): resume falls back to
+    the previous step; `load` and viz.py refuse it."""
+
+
 def _ocp():
     import orbax.checkpoint as ocp  # imported lazily: slow import, not needed for CLI errors
 
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    absl = logging.getLogger("absl")
+    if absl.level < logging.ERROR:  # not lowered again while outputs.background_quiet holds it
+        absl.setLevel(logging.ERROR)
     asyncio_log = logging.getLogger("asyncio")
     if not any(isinstance(f, _OrphanedReadErrors) for f in asyncio_log.filters):
         asyncio_log.addFilter(_OrphanedReadErrors())
@@ -117,22 +129,75 @@ def _policy_items(learner, provenance, meta: dict[str, Any]):
                               meta=ocp.args.JsonSave(meta))
 
 
+# Written into each committed step directory after Orbax's commit: size and SHA-256 of every
+# file of every item. Orbax has no checksums of its own, so a file truncated or overwritten
+# after the save (disk corruption, a copy cut short) could otherwise restore as wrong values;
+# `_verify` refuses such a step. A step saved without one (older runs, or a kill between the
+# commit and this file) is read as before, on Orbax's own checks.
+MANIFEST = "protosac_manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(step_dir: Path) -> None:
+    if not step_dir.is_dir():  # not kept (a best-mode manager drops a step below its best)
+        return
+    files = {str(p.relative_to(step_dir)): [p.stat().st_size, _sha256(p)]
+             for p in sorted(step_dir.rglob("*"))
+             if p.is_file() and "/" in str(p.relative_to(step_dir))}
+    outputs.write_text(step_dir / MANIFEST, json.dumps(files, indent=0), "checkpoint manifest")
+
+
+def _verify(step_dir: Path, items) -> None:
+    """CheckpointError if a file of `items` in `step_dir` differs from its manifest entry."""
+    path = step_dir / MANIFEST
+    if not path.is_file():
+        return
+    try:
+        files = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise CorruptCheckpoint(f"{step_dir}: {MANIFEST} is corrupt") from None
+    for rel, (size, digest) in files.items():
+        if rel.split("/")[0] not in items:
+            continue
+        file = step_dir / rel
+        if not file.is_file() or file.stat().st_size != size or _sha256(file) != digest:
+            raise CorruptCheckpoint(f"{step_dir}: {rel} is truncated or corrupt (it differs "
+                                    "from what was saved)")
+
+
 class Checkpointer:
     """Saves a run's latest and best checkpoints under `<run_dir>/ckpt`."""
 
     def __init__(self, run_dir: Path, keep: int = 3):
         ocp = _ocp()
         self.run_dir = Path(run_dir)
+        with outputs.writing(self.run_dir / "ckpt"):
+            self._open(ocp, keep)
+
+    def _open(self, ocp, keep: int) -> None:
         self.latest = ocp.CheckpointManager(
             (self.run_dir / "ckpt" / "latest").absolute(),
+            # cleanup: a save cut short (full disk, kill) leaves <step>.orbax-checkpoint-tmp*,
+            # never read as a step; removed here so the same step can be saved again
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                 enable_async_checkpointing=False),
+                                                 enable_async_checkpointing=False,
+                                                 cleanup_tmp_directories=True),
             item_names=ITEMS_FULL)
         self.best = ocp.CheckpointManager(
             (self.run_dir / "ckpt" / "best").absolute(),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, create=True, best_fn=lambda m: m["eval_return"],
-                best_mode="max", enable_async_checkpointing=False),
+                best_mode="max", enable_async_checkpointing=False,
+                cleanup_tmp_directories=True),
             item_names=ITEMS_BEST)
 
     def save(self, ts, meta: dict[str, Any], save_buffer: bool, unprojected=None) -> int:
@@ -151,18 +216,24 @@ class Checkpointer:
             args["buffer"] = ocp.args.StandardSave(ts.buffer)
         if unprojected is not None:
             args["unprojected"] = ocp.args.StandardSave(unprojected)
-        if step not in self.latest.all_steps():
-            self.latest.save(step, args=ocp.args.Composite(**args), force=True)
-        self.latest.wait_until_finished()
+        with outputs.background_quiet(), \
+                outputs.writing(self.latest.directory / str(step), "checkpoint"):
+            if step not in self.latest.all_steps():
+                self.latest.save(step, args=ocp.args.Composite(**args), force=True)
+            self.latest.wait_until_finished()
+            _write_manifest(Path(self.latest.directory) / str(step))
         return step
 
     def save_best(self, ts, meta: dict[str, Any]) -> None:
         step = int(meta["env_steps"])
         if step in self.best.all_steps():
             return
-        self.best.save(step, args=_policy_items(ts.learner, ts.provenance, meta),
-                       metrics={"eval_return": float(meta["eval_return"])}, force=True)
-        self.best.wait_until_finished()
+        with outputs.background_quiet(), \
+                outputs.writing(self.best.directory / str(step), "checkpoint"):
+            self.best.save(step, args=_policy_items(ts.learner, ts.provenance, meta),
+                           metrics={"eval_return": float(meta["eval_return"])}, force=True)
+            self.best.wait_until_finished()
+            _write_manifest(Path(self.best.directory) / str(step))
 
     def close(self) -> None:
         self.latest.close()
@@ -191,6 +262,7 @@ def save_agent(run_dir: Path, agent) -> Path:
                                item_names=ITEMS_BEST) as manager:
         manager.save(step, args=_policy_items(agent.learner, provenance, meta), force=True)
         manager.wait_until_finished()
+    _write_manifest(run_dir / "ckpt" / "latest" / str(step))
     return run_dir
 
 
@@ -237,6 +309,13 @@ def _steps(directory: Path) -> list[int]:
                   reverse=True)
 
 
+def committed_steps(run_dir: Path, best: bool = False) -> list[int]:
+    """Steps of `run_dir` whose Orbax save was committed (newest first): Orbax writes a step
+    into `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` only when every item is
+    complete, so a save cut short (kill -9, full disk) leaves no step directory."""
+    return _steps(Path(run_dir) / "ckpt" / ("best" if best else "latest"))
+
+
 def spec_from_meta(meta: dict[str, Any]):
     from protosac_jax.envs.base import EnvSpec
 
@@ -248,6 +327,7 @@ def spec_from_meta(meta: dict[str, Any]):
 
 def _restore(directory: Path, step: int, items: dict[str, Any]) -> dict[str, Any]:
     """Restore `items` (name -> abstract template, or None for JSON) of one step."""
+    _verify(directory / str(step), items)
     ocp = _ocp()
     args = {name: (ocp.args.JsonRestore() if template is None
                    else ocp.args.StandardRestore(template)) for name, template in items.items()}
@@ -259,8 +339,14 @@ def _restore(directory: Path, step: int, items: dict[str, Any]) -> dict[str, Any
 def _read_meta(directory: Path, step: int) -> dict[str, Any]:
     path = directory / str(step) / "meta" / "metadata"
     if not path.is_file():
-        raise CheckpointError(f"{directory / str(step)}: meta is missing")
-    meta = json.loads(path.read_text())
+        raise CorruptCheckpoint(f"{directory / str(step)}: meta is missing")
+    _verify(directory / str(step), ("meta",))
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise CorruptCheckpoint(f"{path} is corrupt (not JSON)") from None
+    if not isinstance(meta, dict):
+        raise CorruptCheckpoint(f"{path} is corrupt (not a JSON object)")
     _check_meta(meta, directory / str(step))
     return meta
 
@@ -309,6 +395,9 @@ def restore_train_state(run_dir: Path, loop, step: int | None = None):
                 items["unprojected"] = {"learner": template.learner,
                                         "provenance": template.provenance}
             restored = _restore(directory, candidate, items)
+        except CorruptCheckpoint as err:
+            failures.append(f"step {candidate}: {err}")
+            continue
         except CheckpointError:
             raise
         except Exception as err:  # noqa: BLE001 - any unreadable step: try the previous one
@@ -363,8 +452,10 @@ def load_policy(path, step: int | None = None, best: bool = False):
     if not candidates:
         raise CheckpointError(f"{run_dir} has no {'best' if best else ''} checkpoint yet".replace(
             "  ", " "))
-    failures = []
-    for candidate in candidates:
+    # Only the newest step (or the one asked for): a damaged step is refused, never replaced
+    # silently by an older policy; the message names the step that does load.
+    candidate = candidates[0]
+    try:
         meta = _read_meta(directory, candidate)
         spec = spec_from_meta(meta)
         actor = loops.make_actor(cfg, spec.action_dim)
@@ -376,17 +467,24 @@ def load_policy(path, step: int | None = None, best: bool = False):
         cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
         with_sharding = lambda t: jax.tree_util.tree_map(  # noqa: E731
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=cpu), t)
-        try:
-            restored = _restore(directory, candidate, {
-                "learner": with_sharding(learner_t), "provenance": with_sharding(prov_t),
-                "meta": None})
-        except Exception as err:  # noqa: BLE001
-            failures.append(f"step {candidate}: {type(err).__name__}")
-            continue
-        if failures:
-            warnings.warn(f"skipped unreadable checkpoint(s) {', '.join(failures)}; "
-                          f"loaded step {candidate}", stacklevel=2)
-        provenance = {f.name: np.asarray(getattr(restored["provenance"], f.name))
-                      for f in dataclasses.fields(restored["provenance"])}
-        return cfg, spec, actor, restored["learner"], provenance, restored["meta"]
-    raise CheckpointError(f"{run_dir}: no readable checkpoint ({'; '.join(failures)})")
+        restored = _restore(directory, candidate, {
+            "learner": with_sharding(learner_t), "provenance": with_sharding(prov_t),
+            "meta": None})
+    except CheckpointError as err:
+        if not isinstance(err, CorruptCheckpoint):
+            raise
+        raise CorruptCheckpoint(f"{err}; {_older_hint(directory, candidates)}") from None
+    except Exception as err:  # noqa: BLE001 - Orbax/tensorstore cannot read the step
+        raise CorruptCheckpoint(
+            f"{directory / str(candidate)} is unreadable ({type(err).__name__}: "
+            f"{outputs.cause_of(err)}); {_older_hint(directory, candidates)}") from None
+    provenance = {f.name: np.asarray(getattr(restored["provenance"], f.name))
+                  for f in dataclasses.fields(restored["provenance"])}
+    return cfg, spec, actor, restored["learner"], provenance, restored["meta"]
+
+
+def _older_hint(directory: Path, candidates: list[int]) -> str:
+    older = candidates[1:]
+    if not older:
+        return "no older checkpoint to load instead"
+    return f"an older checkpoint can be loaded: {directory / str(older[0])}"

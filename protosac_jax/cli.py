@@ -229,7 +229,9 @@ def resume_overrides(args: argparse.Namespace, cfg: TrainConfig) -> dict:
 
 
 def main(argv=None) -> int:
+    from protosac_jax import outputs
     from protosac_jax.checkpoint import CheckpointError
+    from protosac_jax.outputs import WriteError
 
     try:
         from protosac_jax import trainer
@@ -258,6 +260,11 @@ def main(argv=None) -> int:
         return 2
     except trainer.TrainingDiverged as err:
         print(f"train.py: error: {err}", file=sys.stderr)
+        return 1
+    except WriteError as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        if outputs.a_save_failed():
+            outputs.exit_now(1)  # Orbax's orphaned writer threads would print at shutdown
         return 1
     except trainer.Interrupted as err:
         print(f"train.py: {err}", file=sys.stderr)

@@ -189,46 +189,165 @@ def update_fraction(cfg: TrainConfig) -> tuple[int, int]:
     return rate.numerator, rate.denominator
 
 
+# --------------------------------------------------------------------------- validation
+# The real domain of every field, in one table: `validate` (called by train.py, `train`,
+# `resume` and the Python API alike) checks each, so an impossible value (gamma 1.5, a
+# negative learning rate, a NaN) is refused before anything starts, in one line.
+class _Domain:
+    """A field's domain: `check(value) -> bool` and the words that describe it."""
+
+    def __init__(self, check, text: str):
+        self.check, self.text = check, text
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _int(low: int) -> _Domain:
+    return _Domain(lambda x: _is_int(x) and x >= low, f"an integer >= {low}")
+
+
+def _real(low: float | None = None, high: float | None = None, low_open: bool = False,
+          high_open: bool = False) -> _Domain:
+    def check(x):
+        if not _is_real(x):
+            return False
+        if low is not None and (x <= low if low_open else x < low):
+            return False
+        return high is None or (x < high if high_open else x <= high)
+
+    if low is not None and high is not None:
+        text = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        text = f"a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        text = "a finite number"
+    return _Domain(check, text)
+
+
+def _optional(domain: _Domain) -> _Domain:
+    return _Domain(lambda x: x is None or domain.check(x), f"{domain.text} (or none)")
+
+
+def _choice(*names: str) -> _Domain:
+    return _Domain(lambda x: x in names, " or ".join(names))
+
+
+def _bool() -> _Domain:
+    return _Domain(lambda x: isinstance(x, bool), "True or False")
+
+
+def _widths(optional: bool = False) -> _Domain:
+    def check(x):
+        if x is None:
+            return optional
+        return (isinstance(x, tuple) and len(x) > 0
+                and all(_is_int(w) and w >= 1 for w in x))
+
+    return _Domain(check, "comma-separated layer widths >= 1" + (" (or none)" if optional
+                                                                 else ""))
+
+
+POSITIVE = _real(0.0, low_open=True)
+NON_NEGATIVE = _real(0.0)
+
+# (config section, field) -> (CLI flag or None, domain)
+DOMAINS: dict[tuple[str, str], tuple[str | None, _Domain]] = {
+    ("", "env"): (None, _Domain(lambda x: isinstance(x, str) and bool(x), "an env name")),
+    ("", "baseline"): ("--baseline", _bool()),
+    ("", "seed"): ("--seed", _Domain(lambda x: _is_int(x) and 0 <= x < 2**31,
+                                     "an integer in [0, 2^31)")),
+    ("", "num_envs"): ("--num-envs", _int(1)),
+    ("", "total_steps"): ("--total-steps", _int(1)),
+    ("", "buffer_size"): ("--buffer-size", _int(1)),
+    ("", "learning_starts"): ("--learning-starts", _int(0)),
+    ("", "updates_per_step"): ("--updates-per-step", POSITIVE),
+    ("", "noise_correlation"): ("--noise-correlation", _real(0.0, 1.0, high_open=True)),
+    ("", "eval_every"): ("--eval-every", _int(1)),
+    ("", "eval_episodes"): ("--eval-episodes", _int(1)),
+    ("", "log_tensorboard"): ("--no-tensorboard", _bool()),
+    ("", "save_every"): ("--save-every", _int(1)),
+    ("", "keep_checkpoints"): ("--keep-checkpoints", _int(1)),
+    ("", "save_buffer"): ("--no-save-buffer", _bool()),
+    ("", "frame_stack"): ("--frame-stack", _int(1)),
+    ("", "action_repeat"): ("--action-repeat", _int(1)),
+    ("", "frame_reservoir"): (None, _int(1)),
+    ("", "frame_every"): (None, _int(0)),
+    ("", "video_every"): ("--video-every", _int(0)),
+    ("sac", "hidden_sizes"): ("--hidden", _widths()),
+    ("sac", "actor_lr"): ("--lr", POSITIVE),
+    ("sac", "critic_lr"): ("--lr", POSITIVE),
+    ("sac", "alpha_lr"): ("--lr", POSITIVE),
+    ("sac", "gamma"): ("--gamma", _real(0.0, 1.0, low_open=True)),
+    ("sac", "tau"): (None, _real(0.0, 1.0, low_open=True)),
+    ("sac", "batch_size"): ("--batch-size", _int(1)),
+    ("sac", "init_alpha"): (None, POSITIVE),
+    ("sac", "target_entropy"): (None, _optional(_real())),
+    ("sac", "log_std_min"): (None, _real()),
+    ("sac", "log_std_max"): (None, _real()),
+    ("sac", "normalize_obs"): (None, _bool()),
+    ("proto", "num_prototypes"): ("--num-prototypes", _int(1)),
+    ("proto", "latent_dim"): ("--latent-dim", _int(1)),
+    ("proto", "encoder_hidden"): (None, _widths(optional=True)),
+    ("proto", "source"): ("--prototypes", _choice("states", "free")),
+    ("proto", "normalize_latent"): ("--normalize-latent", _bool()),
+    ("proto", "similarity"): ("--similarity", _choice("log", "rbf", "softmax")),
+    ("proto", "temperature"): ("--temperature", POSITIVE),
+    ("proto", "target_weight_entropy"): ("--target-weight-entropy", _optional(NON_NEGATIVE)),
+    ("proto", "target_action_spread"): ("--target-action-spread", _optional(NON_NEGATIVE)),
+    ("proto", "log_eps"): (None, POSITIVE),
+    ("proto", "distribution"): ("--distribution", _choice("blend", "mixture")),
+    ("proto", "decide"): ("--decide", _choice("top1", "mean", "auto")),
+    ("proto", "ortho_coef"): (None, NON_NEGATIVE),
+    ("proto", "weight_entropy_coef"): ("--weight-entropy-coef", NON_NEGATIVE),
+    ("proto", "usage_entropy_coef"): ("--usage-entropy-coef", NON_NEGATIVE),
+    ("proto", "proximity_coef"): (None, NON_NEGATIVE),
+    ("proto", "projection_every"): ("--projection-every", _int(0)),
+    ("proto", "projection_chunk"): (None, _int(1)),
+    ("proto", "refit_samples"): (None, _int(0)),
+    ("proto", "refit_ridge"): (None, NON_NEGATIVE),
+    ("proto", "init"): ("--proto-init", _choice("random", "kmeans")),
+    ("proto", "kmeans_samples"): (None, _int(1)),
+    ("proto", "kmeans_iters"): (None, _int(0)),
+    ("proto", "init_log_std"): (None, _real()),
+    ("proto", "log_std_min"): (None, _real()),
+    ("proto", "log_std_max"): (None, _real()),
+}
+
+
+def _field_name(section: str, field: str) -> str:
+    flag = DOMAINS[(section, field)][0]
+    path = f"{section}.{field}" if section else field
+    return f"{flag} ({path})" if flag and flag.lstrip("-").replace("-", "_") != field \
+        else (flag or path)
+
+
 def validate(cfg: TrainConfig) -> None:
-    """Raise ConfigError on settings that cannot work."""
+    """Raise ConfigError (one line naming the flag/field, its domain and the value given) on
+    the first setting outside its domain (`DOMAINS`) or settings that cannot work together."""
+    sections = {"": cfg, "sac": cfg.sac, "proto": cfg.proto}
+    for section, obj in sections.items():
+        expected = {f for (s, f) in DOMAINS if s == section}
+        missing = {f.name for f in dataclasses.fields(obj)} - expected - {"sac", "proto"}
+        assert not missing, f"no domain for {section or 'TrainConfig'} fields {missing}"
+    for (section, field), (_, domain) in DOMAINS.items():
+        value = getattr(sections[section], field)
+        if not domain.check(value):
+            raise ConfigError(f"{_field_name(section, field)} must be {domain.text} "
+                              f"(got {value!r})")
     checks = [
-        (cfg.num_envs >= 1, f"--num-envs must be >= 1 (got {cfg.num_envs})"),
-        (cfg.total_steps >= 1, f"--total-steps must be >= 1 (got {cfg.total_steps})"),
-        (cfg.buffer_size >= 1, f"--buffer-size must be >= 1 (got {cfg.buffer_size})"),
-        (cfg.learning_starts >= 0, "--learning-starts must be >= 0"),
-        (cfg.updates_per_step > 0, "--updates-per-step must be > 0"),
-        (0.0 <= cfg.noise_correlation < 1.0, "--noise-correlation must be in [0, 1)"),
-        (cfg.eval_every >= 1, "--eval-every must be >= 1"),
-        (cfg.eval_episodes >= 1, "--eval-episodes must be >= 1"),
-        (cfg.save_every >= 1, "--save-every must be >= 1"),
-        (cfg.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1"),
-        (cfg.sac.batch_size >= 1, "--batch-size must be >= 1"),
-        (cfg.proto.num_prototypes >= 1, "--num-prototypes must be >= 1"),
-        (cfg.proto.latent_dim >= 1, "--latent-dim must be >= 1"),
-        (cfg.proto.similarity in ("log", "rbf", "softmax"),
-         f"--similarity must be log, rbf or softmax (got {cfg.proto.similarity!r})"),
-        (cfg.proto.init in ("random", "kmeans"),
-         f"--proto-init must be random or kmeans (got {cfg.proto.init!r})"),
-        (cfg.proto.distribution in ("blend", "mixture"),
-         f"--distribution must be blend or mixture (got {cfg.proto.distribution!r})"),
-        (cfg.proto.temperature > 0, "--temperature must be > 0"),
-        (cfg.proto.source in ("states", "free"),
-         f"--prototypes must be states or free (got {cfg.proto.source!r})"),
-        (cfg.proto.target_weight_entropy is None or cfg.proto.target_weight_entropy >= 0,
-         "--target-weight-entropy must be >= 0 (or none)"),
-        (cfg.proto.decide in ("top1", "mean", "auto"),
-         f"--decide must be top1, mean or auto (got {cfg.proto.decide!r})"),
-        (cfg.proto.target_action_spread is None or cfg.proto.target_action_spread >= 0,
-         "--target-action-spread must be >= 0 (or none)"),
+        (cfg.buffer_size >= cfg.num_envs, "--buffer-size must be >= --num-envs"),
         (cfg.proto.kmeans_samples >= cfg.proto.num_prototypes,
          "--kmeans-samples must be >= --num-prototypes"),
-        (cfg.proto.projection_every >= 0, "--projection-every must be >= 0"),
-        (cfg.buffer_size >= cfg.num_envs, "--buffer-size must be >= --num-envs"),
-        (cfg.frame_stack >= 1, "--frame-stack must be >= 1"),
-        (cfg.action_repeat >= 1, "--action-repeat must be >= 1"),
-        (cfg.frame_reservoir >= 1, "--frame-reservoir must be >= 1"),
-        (cfg.frame_every >= 0, "--frame-every must be >= 0"),
-        (cfg.video_every >= 0, "--video-every must be >= 0"),
+        (cfg.sac.log_std_min < cfg.sac.log_std_max,
+         "sac.log_std_min must be below sac.log_std_max"),
+        (cfg.proto.log_std_min < cfg.proto.log_std_max,
+         "proto.log_std_min must be below proto.log_std_max"),
     ]
     for ok, message in checks:
         if not ok:

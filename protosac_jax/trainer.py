@@ -32,6 +32,8 @@ import numpy as np
 
 from protosac_jax import config as config_lib
 from protosac_jax import envs, loops
+from protosac_jax import outputs
+from protosac_jax.outputs import WriteError, writing
 from protosac_jax.config import ConfigError, TrainConfig
 
 
@@ -108,27 +110,64 @@ def _to_python(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-class _Logger:
-    def __init__(self, run_dir: Path, tensorboard: bool):
-        self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        self.writer = None
-        if tensorboard:
-            from tensorboardX import SummaryWriter
+def _logged_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("env_steps", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 0  # not a record of ours: kept
 
-            self.writer = SummaryWriter(str(run_dir))
+
+class _Logger:
+    """metrics.jsonl and TensorBoard events, both written synchronously.
+
+    TensorBoard events go through tensorboardX's EventsWriter in this thread, not its
+    SummaryWriter: that writes from a background thread which, on a full disk, dies with a
+    traceback and then blocks the training loop forever on its full queue (seen here).
+    Here a failed write raises WriteError at the step that failed."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, resumed_at: int = 0):
+        self.run_dir = run_dir
+        path = run_dir / "metrics.jsonl"
+        with writing(path):
+            outputs.drop_partial_last_line(path)
+            if resumed_at and path.is_file():
+                # lines past the step we resume from were logged by a run that died before
+                # its next checkpoint committed; this run logs those steps again
+                lines = path.read_text().splitlines(keepends=True)
+                kept = [x for x in lines if _logged_step(x) <= resumed_at]
+                if len(kept) < len(lines):
+                    outputs.write_text(path, "".join(kept))
+            self.jsonl = open(path, "a", encoding="utf-8")
+        self.events = None
+        if tensorboard:
+            from tensorboardX.event_file_writer import EventsWriter
+
+            with writing(run_dir / "events.out.tfevents.*"):
+                self.events = EventsWriter(str(run_dir / "events"))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        self.jsonl.write(json.dumps({"env_steps": step, **metrics}) + "\n")
-        self.jsonl.flush()
-        if self.writer is not None:
-            for key, value in metrics.items():
-                if value is not None:
-                    self.writer.add_scalar(key, value, step)
+        with writing(self.run_dir / "metrics.jsonl"):
+            self.jsonl.write(json.dumps({"env_steps": step, **metrics}) + "\n")
+            self.jsonl.flush()
+        if self.events is not None:
+            from tensorboardX.proto import event_pb2, summary_pb2
+
+            values = [summary_pb2.Summary.Value(tag=key, simple_value=value)
+                      for key, value in metrics.items() if value is not None]
+            event = event_pb2.Event(wall_time=time.time(), step=step,
+                                    summary=summary_pb2.Summary(value=values))
+            with writing(Path(self.events._file_name)):
+                self.events.write_event(event)
+                self.events.flush()
 
     def close(self) -> None:
-        self.jsonl.close()
-        if self.writer is not None:
-            self.writer.close()
+        # a file whose last write failed may fail again on close: that was reported already
+        for close in (self.jsonl.close, self.events.close if self.events else None):
+            try:
+                if close is not None:
+                    close()
+            except OSError:
+                pass
 
 
 class _SignalGuard:
@@ -212,12 +251,24 @@ def _record_video(loop: loops.Loop, ts, run_dir: Path, env_steps: int, quiet: bo
         if loop.is_proto:
             thumbs = render.prototype_images(loop.spec, render.provenance_arrays(ts.provenance),
                                              frames, blank=True)
-        (run_dir / "videos").mkdir(exist_ok=True)
-        visualize.save_video(run_dir / "videos" / f"step_{env_steps}.mp4", episode, frames,
-                             thumbs, top_k=3)
+        path = run_dir / "videos" / f"step_{env_steps}.mp4"
+        with writing(path):
+            path.parent.mkdir(exist_ok=True)
+            visualize.save_video(path, episode, frames, thumbs, top_k=3)
     finally:
         frames.close()
     return True
+
+
+def _last_committed(run_dir: Path) -> str:
+    """What a user can continue from after a failed write (the newest committed step)."""
+    from protosac_jax import checkpoint
+
+    steps = checkpoint.committed_steps(run_dir)
+    if not steps:
+        return "no checkpoint was committed"
+    return (f"the last committed checkpoint is step {steps[0]}; free space, then "
+            f"python train.py --resume {run_dir}")
 
 
 def make_loop(cfg: TrainConfig, env=None) -> loops.Loop:
@@ -241,7 +292,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, progress: bool
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"--out {run_dir}: {err.strerror}") from None
-    (run_dir / "config.json").write_text(config_lib.to_json(cfg))
+    outputs.write_text(run_dir / "config.json", config_lib.to_json(cfg))
     ts = loops.init_state_jit(loop, jax.random.PRNGKey(cfg.seed))
     return _run(loop, ts, run_dir, progress and not quiet, quiet, refill=False)
 
@@ -290,7 +341,7 @@ def resume(run_dir: str | os.PathLike, progress: bool = True, quiet: bool = Fals
     if int(ts.env_steps) >= cfg.total_steps:
         raise ConfigError(f"{run_dir} already has {int(ts.env_steps)} env steps; raise "
                           f"--total-steps above that to continue")
-    (run_dir / "config.json").write_text(config_lib.to_json(cfg))
+    outputs.write_text(run_dir / "config.json", config_lib.to_json(cfg))
     return _run(loop, ts, run_dir, progress and not quiet, quiet,
                 refill=not meta.get("buffer_saved", True))
 
@@ -316,7 +367,7 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
               f"{_gib(ts.buffer.data):.2f} GiB on {jax.devices()[0].platform}"
               + (" (resume of a Gymnasium run: episodes in progress restart)"
                  if loop.on_host and start_steps else ""), file=sys.stderr)
-    logger = _Logger(run_dir, cfg.log_tensorboard)
+    logger = _Logger(run_dir, cfg.log_tensorboard, resumed_at=start_steps)
     checkpointer = checkpoint.Checkpointer(run_dir, keep=cfg.keep_checkpoints)
     history: list[dict[str, Any]] = []
     t_start = time.perf_counter()
@@ -363,7 +414,7 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                 metrics["perf/checkpoint_s"] = checkpoint_s
                 bad = _first_non_finite(metrics)
                 if bad is not None:
-                    logger.jsonl.write(json.dumps({"env_steps": env_steps, **metrics}) + "\n")
+                    logger.log(env_steps, metrics)
                     where = f"last good checkpoint: step {last_saved}" if last_saved else \
                         "no checkpoint of this session"
                     raise TrainingDiverged(
@@ -406,23 +457,32 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                 if guard.received is not None:
                     raise Interrupted(f"interrupted at env step {env_steps}; resumable "
                                       f"checkpoint saved: python train.py --resume {run_dir}")
+    except WriteError as err:
+        raise WriteError(f"{err}; {_last_committed(run_dir)}") from None
     finally:
         bar.close()
-        logger.close()
-        checkpointer.close()
-        if hasattr(run_chunk, "close"):
-            run_chunk.close()
+        for close in (logger.close, checkpointer.close,
+                      getattr(run_chunk, "close", lambda: None)):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - after a failed save, closing may fail again
+                if not outputs.a_save_failed():
+                    raise
     final_eval = history[-1]["eval/return_mean"]
-    (run_dir / "summary.json").write_text(json.dumps({
-        "env_steps": env_steps, "updates": updates, "final_eval": final_eval,
-        "best_eval": best_eval, "wall_s": time.perf_counter() - t_start,
-        "time_to_first_chunk_s": first_chunk_s}, indent=2))
-    if loop.is_proto:
-        from protosac_jax import render
+    try:
+        outputs.write_text(run_dir / "summary.json", json.dumps({
+            "env_steps": env_steps, "updates": updates, "final_eval": final_eval,
+            "best_eval": best_eval, "wall_s": time.perf_counter() - t_start,
+            "time_to_first_chunk_s": first_chunk_s}, indent=2))
+        if loop.is_proto:
+            from protosac_jax import render
 
-        try:
-            render.save_prototype_grid(run_dir / "prototypes.png", loop, ts)
-        except render.RenderUnavailable as err:  # an env we cannot draw yet
-            if not quiet:
-                print(f"note: no prototype grid ({err})")
+            try:
+                with writing(run_dir / "prototypes.png"):
+                    render.save_prototype_grid(run_dir / "prototypes.png", loop, ts)
+            except render.RenderUnavailable as err:  # an env we cannot draw yet
+                if not quiet:
+                    print(f"note: no prototype grid ({err})")
+    except WriteError as err:
+        raise WriteError(f"{err}; {_last_committed(run_dir)}") from None
     return RunResult(run_dir=run_dir, final_eval=final_eval, history=history, state=ts)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from protosac_jax.cli import OneLineParser
 from protosac_jax.config import ConfigError
+from protosac_jax.outputs import WriteError, writing
 
 
 def build_parser() -> OneLineParser:
@@ -45,8 +46,16 @@ def _ints(flag: str, text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except WriteError as err:  # a full disk, a read-only --out: one line, exit 1
+        print(f"viz.py: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _main(argv=None) -> int:
     from protosac_jax import envs, visualize
-    from protosac_jax.checkpoint import CheckpointError, is_inference_only
+    from protosac_jax.checkpoint import CheckpointError
     from protosac_jax.render import RenderUnavailable
 
     try:
@@ -76,46 +85,55 @@ def main(argv=None) -> int:
                               "checkpoint; this is a --baseline (plain SAC) run")
         if args.faithfulness and args.prune:
             raise ConfigError("give --faithfulness or --prune, not both")
-        if args.prune:
-            keep = None if args.keep is None else _ints("--keep", args.keep)
-            pruned_dir = out / "pruned"
-            previous = is_inference_only(pruned_dir)
-            if not previous:
-                check_writable_dir(pruned_dir)  # something else lives there: refuse
-            if not 0.0 < args.prune_share <= 1.0:
-                raise ConfigError(f"--prune-share must be in (0, 1], got {args.prune_share}")
-            if previous:
-                import shutil
-
-                shutil.rmtree(pruned_dir)  # a previous --prune output: replaced
-            result = visualize.export_pruning(agent, out, share=args.prune_share, ns=keep,
-                                              episodes=args.episodes, seed=args.seed,
-                                              fmt=args.format, pruned_dir=pruned_dir)
-            print(f"pruning: kept {result['n_kept']} -> return "
-                  f"{[round(x, 1) for x in result['return']]}; {result['n_at_share']} of "
-                  f"{result['num_prototypes']} prototypes carry {args.prune_share:.0%} of usage "
-                  f"(return {result['return_at_share']:.1f} vs {result['return_full']:.1f}); "
-                  f"pruned agent -> {pruned_dir}")
-            return 0
-        if args.faithfulness:
-            ks = _ints("--ks", args.ks)
-            result = visualize.export_faithfulness(agent, out, ks, episodes=args.episodes,
-                                                   seed=args.seed, fmt=args.format)
-            print(f"faithfulness: k={result['k']} action change top "
-                  f"{[round(x, 3) for x in result['action_change_top']]} vs random "
-                  f"{[round(x, 3) for x in result['action_change_random']]}; return top "
-                  f"{[round(x, 1) for x in result['return_top']]} vs random "
-                  f"{[round(x, 1) for x in result['return_random']]} (all: "
-                  f"{result['return_full']:.1f}) -> {out}")
-            return 0
-        log = (lambda *a, **k: None) if args.quiet else print
-        summary = visualize.export(agent, out, episodes=args.episodes, top_k=args.top_k,
-                                   fmt=args.format, video=not args.no_video, seed=args.seed,
-                                   log=log)
+        with writing(out):
+            return _export(args, agent, out)
     except (ConfigError, CheckpointError, envs.EnvError, RenderUnavailable,
             visualize.VizError) as err:
         print(f"viz.py: error: {err}", file=sys.stderr)
         return 2
+
+
+def _export(args, agent, out: Path) -> int:
+    from protosac_jax import visualize
+    from protosac_jax.checkpoint import is_inference_only
+    from protosac_jax.trainer import check_writable_dir
+
+    if args.prune:
+        keep = None if args.keep is None else _ints("--keep", args.keep)
+        pruned_dir = out / "pruned"
+        previous = is_inference_only(pruned_dir)
+        if not previous:
+            check_writable_dir(pruned_dir)  # something else lives there: refuse
+        if not 0.0 < args.prune_share <= 1.0:
+            raise ConfigError(f"--prune-share must be in (0, 1], got {args.prune_share}")
+        if previous:
+            import shutil
+
+            shutil.rmtree(pruned_dir)  # a previous --prune output: replaced
+        result = visualize.export_pruning(agent, out, share=args.prune_share, ns=keep,
+                                          episodes=args.episodes, seed=args.seed,
+                                          fmt=args.format, pruned_dir=pruned_dir)
+        print(f"pruning: kept {result['n_kept']} -> return "
+              f"{[round(x, 1) for x in result['return']]}; {result['n_at_share']} of "
+              f"{result['num_prototypes']} prototypes carry {args.prune_share:.0%} of usage "
+              f"(return {result['return_at_share']:.1f} vs {result['return_full']:.1f}); "
+              f"pruned agent -> {pruned_dir}")
+        return 0
+    if args.faithfulness:
+        ks = _ints("--ks", args.ks)
+        result = visualize.export_faithfulness(agent, out, ks, episodes=args.episodes,
+                                               seed=args.seed, fmt=args.format)
+        print(f"faithfulness: k={result['k']} action change top "
+              f"{[round(x, 3) for x in result['action_change_top']]} vs random "
+              f"{[round(x, 3) for x in result['action_change_random']]}; return top "
+              f"{[round(x, 1) for x in result['return_top']]} vs random "
+              f"{[round(x, 1) for x in result['return_random']]} (all: "
+              f"{result['return_full']:.1f}) -> {out}")
+        return 0
+    log = (lambda *a, **k: None) if args.quiet else print
+    summary = visualize.export(agent, out, episodes=args.episodes, top_k=args.top_k,
+                               fmt=args.format, video=not args.no_video, seed=args.seed,
+                               log=log)
     returns = summary["returns"]
     print(f"viz: {len(returns)} episodes, mean return {sum(returns) / len(returns):.1f}; "
           f"wrote {', '.join(sorted(Path(p).name for p in summary['files'].values()))} "
