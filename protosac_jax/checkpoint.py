@@ -62,7 +62,7 @@ def _ocp():
     asyncio_log = logging.getLogger("asyncio")
     if not any(isinstance(f, _OrphanedReadErrors) for f in asyncio_log.filters):
         asyncio_log.addFilter(_OrphanedReadErrors())
-    if sys.unraisablehook is not _quiet_closed_event_loop:
+    if not _previous_hooks:  # once: outputs.background_quiet may hold the hook right now
         _previous_hooks.append(sys.unraisablehook)
         sys.unraisablehook = _quiet_closed_event_loop
     return ocp

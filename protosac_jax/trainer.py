@@ -156,7 +156,7 @@ class _Logger:
                       for key, value in metrics.items() if value is not None]
             event = event_pb2.Event(wall_time=time.time(), step=step,
                                     summary=summary_pb2.Summary(value=values))
-            with writing(Path(self.events._file_name)):
+            with writing(getattr(self.events, "_file_name", self.run_dir / "events.out.*")):
                 self.events.write_event(event)
                 self.events.flush()
 
@@ -260,13 +260,16 @@ def _record_video(loop: loops.Loop, ts, run_dir: Path, env_steps: int, quiet: bo
     return True
 
 
-def _last_committed(run_dir: Path) -> str:
+def _last_committed(run_dir: Path, finished: bool = False) -> str:
     """What a user can continue from after a failed write (the newest committed step)."""
     from protosac_jax import checkpoint
 
     steps = checkpoint.committed_steps(run_dir)
     if not steps:
         return "no checkpoint was committed"
+    if finished:  # training ended and its final step is saved; only the extras failed
+        return (f"the final checkpoint (step {steps[0]}) is committed; free space, then "
+                f"python viz.py --ckpt {run_dir}")
     return (f"the last committed checkpoint is step {steps[0]}; free space, then "
             f"python train.py --resume {run_dir}")
 
@@ -484,5 +487,5 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
                 if not quiet:
                     print(f"note: no prototype grid ({err})")
     except WriteError as err:
-        raise WriteError(f"{err}; {_last_committed(run_dir)}") from None
+        raise WriteError(f"{err}; {_last_committed(run_dir, finished=True)}") from None
     return RunResult(run_dir=run_dir, final_eval=final_eval, history=history, state=ts)
