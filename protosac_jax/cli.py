@@ -87,7 +87,10 @@ def build_parser() -> OneLineParser:
       "'none' = fixed --temperature)")
     a("--target-action-spread", type=parse_optional_float,
       help="most within-decision spread of the prototypes' actions a learned penalty allows "
-      "(default none = no penalty; e.g. 0.01)")
+      "(default 0.04; none = no penalty)")
+    a("--constraint-share", type=float,
+      help="share of the batch (its most blended states) the learned temperature and spread "
+      "penalty hold at their targets (default 0.25; 1 = the batch mean)")
     a("--normalize-latent", type=parse_bool,
       help="unit-length latents and prototypes (True/False; default True)")
     a("--distribution", choices=["blend", "mixture"])
@@ -171,6 +174,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("temperature", "temperature"),
                         ("target_weight_entropy", "target_weight_entropy"),
                         ("target_action_spread", "target_action_spread"),
+                        ("constraint_share", "constraint_share"),
                         ("normalize_latent", "normalize_latent"),
                         ("projection_every", "projection_every"), ("proto_init", "init"),
                         ("weight_entropy_coef", "weight_entropy_coef"),

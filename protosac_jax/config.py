@@ -64,14 +64,19 @@ class PrototypeConfig:
     # Mean per-state entropy H(w) the weights are held at by learning log(tau) (as SAC tunes
     # its alpha): exp(0.3) = 1.35 prototypes decide each action. None: tau fixed.
     target_weight_entropy: float | None = 0.3
-    # Mean within-decision spread of the prototypes' actions, sum_k w_k (tanh m_k - a_bar)^2
-    # with a_bar = sum_k w_k tanh m_k, held at most at this value by a learned penalty
-    # coefficient (dual ascent, as SAC's alpha): prototypes that share a decision must agree
-    # on it, so the deciding prototype's own action is the action taken. Without it a policy
-    # can balance on the boundary between two bang-bang prototypes (+0.85 / -0.84 blended to
-    # +0.1). None (default): no penalty; 0.01 made agreement >= 0.98 on Pendulum but let the
-    # encoder group unlike states (lookalike 0.18 on a seed; benchmarks/RESULTS.md).
-    target_action_spread: float | None = None
+    # Within-decision spread of the prototypes' actions, sum_k w_k (tanh m_k - a_bar)^2 with
+    # a_bar = sum_k w_k tanh m_k, held at most at this value by a learned penalty coefficient
+    # (dual ascent, as SAC's alpha; through the heads only): prototypes that share a decision
+    # agree on it, so the deciding prototype's own action is the action taken. Without it
+    # (None, the previous default) a policy can balance on the boundary between two
+    # bang-bang prototypes (+0.85 / -0.84 blended to +0.1): Pendulum seeds 3, 4 and 6 ended
+    # with top-1 agreement 0.18-0.19 (benchmarks/RESULTS.md).
+    target_action_spread: float | None = 0.04
+    # Share of the batch, its largest per-state values, whose mean the learned temperature
+    # (weight entropy) and the spread penalty hold at their targets; 1.0 = the batch mean (the
+    # previous behaviour). 0.25 keeps the most blended quarter of states crisp: with the batch
+    # mean the late, balanced states of a pendulum blended 2.55 prototypes on one seed.
+    constraint_share: float = 0.25
     log_eps: float = 1e-4  # eps of the ProtoPNet log-ratio similarity
     distribution: str = "blend"  # blend | mixture
     # The deterministic action (evaluation, Agent.act, viz): "top1" = the deciding prototype's
@@ -300,6 +305,7 @@ DOMAINS: dict[tuple[str, str], tuple[str | None, _Domain]] = {
     ("proto", "temperature"): ("--temperature", POSITIVE),
     ("proto", "target_weight_entropy"): ("--target-weight-entropy", _optional(NON_NEGATIVE)),
     ("proto", "target_action_spread"): ("--target-action-spread", _optional(NON_NEGATIVE)),
+    ("proto", "constraint_share"): ("--constraint-share", _real(0.0, 1.0, low_open=True)),
     ("proto", "log_eps"): (None, POSITIVE),
     ("proto", "distribution"): ("--distribution", _choice("blend", "mixture")),
     ("proto", "decide"): ("--decide", _choice("top1", "mean", "auto")),
@@ -452,7 +458,7 @@ def to_json(cfg: TrainConfig) -> str:
 _LEGACY_DEFAULTS = {
     "PrototypeConfig": {"source": "free", "normalize_latent": False,
                         "target_weight_entropy": None, "target_action_spread": None,
-                        "decide": "auto"},
+                        "decide": "auto", "constraint_share": 1.0},
 }
 
 

@@ -17,8 +17,10 @@ state-independent Gaussian over pre-squash actions: mean m_k, log-std l_k.
    Weights     w = softmax(s) for softmax, w = s / sum(s) for log and rbf (normalised, `rbf`
    and `softmax` give the same weights; they differ in the similarity reported to users).
    Temperature tau is fixed, or (`target_weight_entropy` H*) learned by dual ascent as SAC's
-   alpha: loss += log(tau) * sg(mean_b H(w_b) - H*), with sg(tau) in the weights, so decisions
-   stay as crisp as asked whatever the env's latent scale.
+   alpha: loss += log(tau) * sg(T_q[H(w_b)] - H*), with sg(tau) in the weights, so decisions
+   stay as crisp as asked whatever the env's latent scale. T_q is the mean of the batch's
+   largest share q (`constraint_share`, default 0.25) of values, so the most blended quarter
+   of states is held at H*, not the batch average.
 3. Policy      `blend` (default): u ~ N(sum_k w_k m_k, sum_k w_k exp(l_k)), a = tanh(u).
                `mixture`: u ~ sum_k w_k N(m_k, exp(l_k)), a = tanh(u);
                log pi(u) = logsumexp_k(log w_k + log N(u; m_k, exp(l_k))).
@@ -35,9 +37,9 @@ state-independent Gaussian over pre-squash actions: mean m_k, log-std l_k.
    proximity      mean_k min_b ||sg(z_b) - p_k||^2  (Li et al. 2018's R1: each prototype stays
                   near some encoded state, so projection barely moves it; sg = stop-gradient)
    aux = c_ortho * ortho + c_went * weight_entropy - c_usage * usage_entropy + c_prox * proximity
-   (+ the temperature's dual term, + lambda * action spread with a learned lambda when
-   `target_action_spread` is set: sum_k w_k (tanh m_k - a_bar)^2, prototypes sharing a
-   decision agree on it).
+   (+ the temperature's dual term, + lambda * T_q[action spread] with a learned lambda when
+   `target_action_spread` is set (default 0.04): spread_b = sum_k w_bk (tanh m_k - a_bar_b)^2,
+   through the heads only, so prototypes that share a decision agree on it).
 5. Projection (every M updates). `free`: p_k <- f(x_j*) with j* = argmin_j ||f(x_j) - p_k||^2
    over the replay buffer. `states`: x_k is re-chosen (k-means of encoded replay samples from
    the current prototypes, each centre snapped to its nearest sampled state). Either way the
@@ -330,19 +332,25 @@ class ProtoActor:
                 + self.cfg.proximity_coef * proximity)
         metrics = {}
         if self.learns_temperature:
-            # dual ascent as SAC's alpha: tau falls while H(w) is above its target
-            gap = jax.lax.stop_gradient(weight_entropy - self.cfg.target_weight_entropy)
+            # dual ascent as SAC's alpha: tau falls while H(w) (its most blended share of
+            # states) is above its target
+            held_entropy = tail_mean(entropies, self.cfg.constraint_share)
+            gap = jax.lax.stop_gradient(held_entropy - self.cfg.target_weight_entropy)
+            metrics["proto/weight_entropy_held"] = held_entropy
             loss = loss + params["params"]["log_temperature"] * gap
         if self.cfg.target_action_spread is not None:
             # through the heads only (weights stop-gradient): prototypes that share decisions
             # move their actions together; the encoder is not pushed to regroup states
-            spread = jnp.mean(action_spread(jax.lax.stop_gradient(out.weights), out.means))
+            per_state = action_spread(jax.lax.stop_gradient(out.weights), out.means)
+            spread = tail_mean(per_state, self.cfg.constraint_share)
             log_coef = params["params"]["log_spread_coef"]
             # the penalty lambda * spread shapes the actor; lambda rises while the spread is
             # above its target and falls (towards no penalty) while it is below
             loss = (loss + jnp.exp(jax.lax.stop_gradient(log_coef)) * spread
                     - log_coef * jax.lax.stop_gradient(spread - self.cfg.target_action_spread))
-            metrics = {"proto/action_spread": spread, "proto/spread_coef": jnp.exp(log_coef)}
+            metrics.update({"proto/action_spread": jnp.mean(per_state),
+                            "proto/action_spread_held": spread,
+                            "proto/spread_coef": jnp.exp(log_coef)})
         usage = jnp.mean(out.weights, axis=0)
         # agreement of the top prototype with the blend's mean (the centre of the exploring
         # policy); with decide top1 the deterministic action agrees by construction
@@ -370,6 +378,17 @@ def drift(actor: ProtoActor, params, states):
 
 # ----------------------------------------------------------------------------- decisions
 AGREEMENT_TOLERANCE = 0.25  # mean |a - tanh(m_top1)| over action dims, policy units [-1, 1]
+
+
+def tail_mean(values, share: float):
+    """Mean of the largest `share` of `values` [B] (at least one; share 1 = the plain mean):
+    what the learned temperature and spread penalty hold at their targets. A batch mean would
+    let a minority of states stay blended, and that minority can be most of what a policy
+    visits late (a balanced pendulum: 3 of 8 seeds decided by two disagreeing prototypes)."""
+    count = max(1, int(round(share * values.shape[0])))
+    if count >= values.shape[0]:
+        return jnp.mean(values)
+    return jnp.mean(jax.lax.top_k(values, count)[0])
 
 
 def action_spread(weights, means):

@@ -1,5 +1,6 @@
 """train.py flags (including the original's) and the real command as a subprocess."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -51,7 +52,10 @@ def test_flags_override_preset():
     default = cfg_of().proto
     assert (default.source, default.similarity, default.normalize_latent) == (
         "states", "softmax", True)
-    assert default.target_weight_entropy == 0.3 and default.target_action_spread is None
+    assert default.target_weight_entropy == 0.3 and default.target_action_spread == 0.04
+    assert default.constraint_share == 0.25
+    assert cfg_of("--constraint-share", "1", "--target-action-spread", "none").proto == \
+        dataclasses.replace(default, constraint_share=1.0, target_action_spread=None)
     cfg = cfg_of("--prototypes", "free", "--similarity", "log", "--temperature", "1",
                  "--target-weight-entropy", "none", "--normalize-latent", "False",
                  "--target-action-spread", "0.01")
@@ -66,11 +70,13 @@ def test_old_config_files_keep_the_behaviour_they_were_trained_with():
     from protosac_jax import config as config_lib
 
     data = config_lib.to_dict(config_lib.preset("pendulum"))
-    for key in ("source", "normalize_latent", "target_weight_entropy", "target_action_spread"):
+    for key in ("source", "normalize_latent", "target_weight_entropy", "target_action_spread",
+                "constraint_share"):
         del data["proto"][key]
     proto = config_lib.from_dict(data).proto
     assert (proto.source, proto.normalize_latent, proto.target_weight_entropy,
-            proto.target_action_spread) == ("free", False, None, None)
+            proto.target_action_spread, proto.constraint_share) == ("free", False, None, None,
+                                                                    1.0)
 
 
 @pytest.mark.parametrize("argv", [["--baseline", "maybe"], ["--num-envs", "0"],

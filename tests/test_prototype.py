@@ -101,7 +101,8 @@ def test_entropy_terms_hand_made():
 
 # The original ProtoSAC actor: free latent prototypes, ProtoPNet log similarity, fixed tau.
 FREE = dict(source="free", normalize_latent=False, target_weight_entropy=None,
-            similarity="log", temperature=1.0, decide="auto")
+            similarity="log", temperature=1.0, decide="auto", target_action_spread=None,
+            constraint_share=1.0)
 
 
 def _actor(**kw):
@@ -129,8 +130,44 @@ def test_aux_loss_combines_terms_with_coefficients(make):
                 - 2.0 * m["proto/usage_entropy"] + 0.3 * m["proto/proximity"])
     if actor.learns_temperature:  # dual term of the learned temperature
         expected += params["params"]["log_temperature"] * (
-            m["proto/weight_entropy"] - actor.cfg.target_weight_entropy)
+            m["proto/weight_entropy_held"] - actor.cfg.target_weight_entropy)
+    if actor.cfg.target_action_spread is not None:  # lambda = exp(0) = 1 at init
+        expected += m["proto/action_spread_held"]
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_tail_mean_is_the_mean_of_the_largest_share():
+    values = jnp.array([0.0, 4.0, 1.0, 3.0, 2.0, 5.0, 0.5, 0.5])
+    assert float(prototype.tail_mean(values, 0.25)) == pytest.approx(4.5)  # top 2 of 8
+    assert float(prototype.tail_mean(values, 1.0)) == pytest.approx(float(values.mean()))
+    assert float(prototype.tail_mean(values, 0.01)) == pytest.approx(5.0)  # at least one
+
+
+def test_duals_hold_the_most_blended_share_not_the_batch_mean():
+    """A batch where 2 of 8 decisions blend two prototypes 50/50 (H = ln 2, spread 0.085) and
+    6 are crisp: the batch means (H 0.17, spread 0.021) are below the targets (0.3, 0.04), the
+    most blended quarter's above. With share 0.25 the temperature falls and the spread
+    penalty's coefficient rises; with share 1 (the batch mean) both relax."""
+    crisp = jnp.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]] * 2)
+    blended = jnp.array([[0.5, 0.5, 0, 0]] * 2)
+    weights = jnp.concatenate([crisp, blended])
+    means = jnp.array([[0.3, 0.3], [-0.3, -0.3], [0.0, 0.0], [0.5, 0.5]])
+    out = prototype.ProtoOutputs(
+        latents=jnp.ones((8, 3)), distances=jnp.zeros((8, 4)), weights=weights, means=means,
+        log_stds=jnp.zeros((4, 2)), prototypes=jnp.eye(4, 3))
+    for share, sign in ((0.25, 1.0), (1.0, -1.0)):
+        actor = _states_actor(target_weight_entropy=0.3, target_action_spread=0.04,
+                              constraint_share=share)
+        params = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)))
+        grads = jax.grad(lambda p: actor._aux(p, out)[0])(params)["params"]
+        # descent: log tau moves by -gap (falls while the held entropy is above target);
+        # log lambda by +gap (rises while the held spread is above target)
+        assert sign * float(grads["log_temperature"]) > 0, share
+        assert sign * float(grads["log_spread_coef"]) < 0, share
+        metrics = actor._aux(params, out)[1]
+        held = {0.25: (math.log(2.0), 0.0848), 1.0: (math.log(2.0) / 4, 0.0848 / 4)}[share]
+        assert float(metrics["proto/weight_entropy_held"]) == pytest.approx(held[0], rel=1e-3)
+        assert float(metrics["proto/action_spread_held"]) == pytest.approx(held[1], rel=1e-2)
 
 
 def test_states_prototypes_are_the_encodings_of_their_states():
