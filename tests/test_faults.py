@@ -161,6 +161,23 @@ def test_a_disk_that_fills_mid_run(small_disk, uninterrupted):
     assert "No space left on device" in lines[0]
 
 
+def test_a_failed_metrics_write_is_one_line_and_keeps_the_checkpoint(tmp_path, uninterrupted):
+    """metrics.jsonl on a device that is always full (/dev/full: every write is ENOSPC)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    run = shutil.copytree(uninterrupted, tmp_path / "run")
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").symlink_to("/dev/full")
+    proc = train_cli("--resume", str(run), "--total-steps", "1500", "--no-progress")
+    assert proc.returncode == 1, proc.stderr
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"train.py: error: cannot write {run / 'metrics.jsonl'}: "
+                               "No space left on device; the last committed checkpoint is "
+                               "step 1200")
+    assert checkpoint.committed_steps(run)[0] == 1200
+
+
 def test_sigterm_during_evaluation_saves_and_resumes(tmp_path):
     """Gymnasium host loop: the evaluation at 600 steps gets SIGTERM at its start; it
     finishes, the step is saved, the run stops with exit 130 and resumes to the end."""
