@@ -467,17 +467,17 @@ def load_policy(path, step: int | None = None, best: bool = False):
         cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
         with_sharding = lambda t: jax.tree_util.tree_map(  # noqa: E731
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=cpu), t)
-        restored = _restore(directory, candidate, {
-            "learner": with_sharding(learner_t), "provenance": with_sharding(prov_t),
-            "meta": None})
-    except CheckpointError as err:
-        if not isinstance(err, CorruptCheckpoint):
+        items = {"learner": with_sharding(learner_t), "provenance": with_sharding(prov_t),
+                 "meta": None}
+        try:
+            restored = _restore(directory, candidate, items)
+        except CheckpointError:
             raise
+        except Exception as err:  # noqa: BLE001 - Orbax/tensorstore cannot read the step
+            raise CorruptCheckpoint(f"{directory / str(candidate)} is unreadable "
+                                    f"({type(err).__name__}: {outputs.cause_of(err)})") from None
+    except CorruptCheckpoint as err:
         raise CorruptCheckpoint(f"{err}; {_older_hint(directory, candidates)}") from None
-    except Exception as err:  # noqa: BLE001 - Orbax/tensorstore cannot read the step
-        raise CorruptCheckpoint(
-            f"{directory / str(candidate)} is unreadable ({type(err).__name__}: "
-            f"{outputs.cause_of(err)}); {_older_hint(directory, candidates)}") from None
     provenance = {f.name: np.asarray(getattr(restored["provenance"], f.name))
                   for f in dataclasses.fields(restored["provenance"])}
     return cfg, spec, actor, restored["learner"], provenance, restored["meta"]
