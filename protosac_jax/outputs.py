@@ -143,18 +143,3 @@ def write_text(path: Path, text: str, what: str = "") -> None:
             if tmp.exists():
                 tmp.unlink()
 
-
-def drop_partial_last_line(path: Path) -> None:
-    """Cut a line-per-record file (metrics.jsonl) back to its last complete line: a write
-    cut short by a full disk or a kill may have left half a line, which a resumed run would
-    otherwise follow with a new one on the same line."""
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) == b"\n":
-            return
-        f.seek(0)
-        data = f.read()
-        f.truncate(data.rfind(b"\n") + 1)

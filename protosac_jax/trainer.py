@@ -129,12 +129,13 @@ class _Logger:
         self.run_dir = run_dir
         path = run_dir / "metrics.jsonl"
         with writing(path):
-            outputs.drop_partial_last_line(path)
             if resumed_at and path.is_file():
                 # lines past the step we resume from were logged by a run that died before
-                # its next checkpoint committed; this run logs those steps again
+                # its next checkpoint committed (this run logs those steps again), and a last
+                # line without its newline is a write cut short (full disk, kill)
                 lines = path.read_text().splitlines(keepends=True)
-                kept = [x for x in lines if _logged_step(x) <= resumed_at]
+                kept = [x for x in lines
+                        if x.endswith("\n") and _logged_step(x) <= resumed_at]
                 if len(kept) < len(lines):
                     outputs.write_text(path, "".join(kept))
             self.jsonl = open(path, "a", encoding="utf-8")
