@@ -329,8 +329,19 @@ def _restore(directory: Path, step: int, items: dict[str, Any]) -> dict[str, Any
     """Restore `items` (name -> abstract template, or None for JSON) of one step."""
     _verify(directory / str(step), items)
     ocp = _ocp()
+    # Onto this process's first device: without a sharding in the template Orbax reuses the
+    # saved one, which fails on another topology (a run trained sharded over 2 devices, loaded
+    # on 1). A sharded resume places the state on its mesh afterwards (trainer._chunk_runner).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def placed(leaf):
+        if isinstance(leaf, jax.ShapeDtypeStruct) and leaf.sharding is None:
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
+        return leaf
+
     args = {name: (ocp.args.JsonRestore() if template is None
-                   else ocp.args.StandardRestore(template)) for name, template in items.items()}
+                   else ocp.args.StandardRestore(jax.tree_util.tree_map(placed, template)))
+            for name, template in items.items()}
     with ocp.CheckpointManager(directory.absolute(), item_names=tuple(items)) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(**args))
     return {name: restored[name] for name in items}

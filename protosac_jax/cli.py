@@ -114,6 +114,12 @@ def build_parser() -> OneLineParser:
     a("--gamma", type=float)
     a("--eval-every", type=int)
     a("--eval-episodes", type=int)
+    a("--num-seeds", type=int,
+      help="train seeds --seed .. --seed+N-1 as one vmapped program (device envs); one run "
+      "directory per seed under --out, <out>/seeds.json")
+    a("--sweep", action="append", metavar="NAME=V1,V2,...",
+      help="train one member per value of a float setting (e.g. actor_lr=1e-3,3e-4) in the "
+      "same program; repeat for a product, combine with --num-seeds; <out>/sweep.json")
     a("--out", help="run directory (default checkpoints/<env>-<algo>-<seed>-<time>)")
     a("--resume", metavar="RUN_DIR",
       help="continue RUN_DIR from its newest good checkpoint with its saved config "
@@ -246,7 +252,15 @@ def main(argv=None) -> int:
             import jax
 
             jax.distributed.initialize()
-        if args.resume is not None:
+        from protosac_jax import groups
+
+        sweep = config_lib.parse_sweep(args.sweep or [])
+        if args.resume is not None and groups.is_group(args.resume):
+            groups.use_host_cores(len(groups.read_group(args.resume)["members"]))
+            cfg = groups.base_config(args.resume)
+            result = groups.resume_group(args.resume, progress=progress, quiet=args.quiet,
+                                         **resume_overrides(args, cfg))
+        elif args.resume is not None:
             from protosac_jax.checkpoint import read_config
 
             cfg = read_config(args.resume)
@@ -255,10 +269,18 @@ def main(argv=None) -> int:
                                     **overrides)
             cfg = config_lib.from_json((result.run_dir / "config.json").read_text())
         else:
+            if args.num_seeds is not None or sweep:
+                groups.use_host_cores(groups.group_size(args.num_seeds, sweep))
             cfg = config_from_args(args)
             if args.out is not None:
                 trainer.check_writable_dir(args.out)
-            result = trainer.train(cfg, out=args.out, progress=progress, quiet=args.quiet)
+            if args.num_seeds is not None or sweep:
+                result = groups.train_group(cfg, args.num_seeds if args.num_seeds is not None
+                                            else 1, sweep, out=args.out, progress=progress,
+                                            quiet=args.quiet)
+            else:
+                result = trainer.train(cfg, out=args.out, progress=progress,
+                                       quiet=args.quiet)
     except (ConfigError, EnvError, CheckpointError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
@@ -276,6 +298,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("train.py: aborted (no checkpoint written for the current chunk)", file=sys.stderr)
         return 130
-    print(f"done: {cfg.env} {cfg.algo} seed {cfg.seed}: final eval return "
-          f"{result.final_eval:.1f} -> {result.run_dir}")
+    if isinstance(result, groups.GroupResult):
+        evals = result.summary["final_eval"]
+        print(f"done: {cfg.env} {cfg.algo}, {len(result.members)} runs: final eval return "
+              f"mean {evals['mean']:.1f}, min {evals['min']:.1f} -> {result.out} "
+              "(seeds.json)")
+    else:
+        print(f"done: {cfg.env} {cfg.algo} seed {cfg.seed}: final eval return "
+              f"{result.final_eval:.1f} -> {result.run_dir}")
     return 0

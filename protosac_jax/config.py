@@ -487,3 +487,68 @@ def from_dict(data: dict[str, Any]) -> TrainConfig:
 
 def from_json(text: str) -> TrainConfig:
     return from_dict(json.loads(text))
+
+
+# --------------------------------------------------------------------------- sweeps
+# Float settings that change no shape and no Python-level branch: a group of runs
+# (train.py --sweep) can train members with different values in one vmapped program, the value
+# a traced scalar of each member (config_lib.with_values).
+SWEEPABLE: dict[str, str] = {
+    "actor_lr": "sac", "critic_lr": "sac", "alpha_lr": "sac", "gamma": "sac", "tau": "sac",
+    "init_alpha": "sac", "target_entropy": "sac",
+    "temperature": "proto", "target_weight_entropy": "proto",
+    "target_action_spread": "proto", "ortho_coef": "proto", "weight_entropy_coef": "proto",
+    "usage_entropy_coef": "proto", "proximity_coef": "proto", "log_eps": "proto",
+    "refit_ridge": "proto", "init_log_std": "proto",
+}
+
+
+def sweep_name(text: str) -> str:
+    """'actor_lr', 'actor-lr', 'sac.actor_lr' or 'proto.temperature' -> the field name;
+    ConfigError naming the sweepable ones otherwise."""
+    name = text.strip().replace("-", "_")
+    if "." in name:
+        section, _, field = name.partition(".")
+        if SWEEPABLE.get(field) == section:
+            name = field
+    if name not in SWEEPABLE:
+        raise ConfigError(f"--sweep cannot vary {text!r} (it changes shapes or is not a "
+                          f"float setting); sweepable: {', '.join(sorted(SWEEPABLE))}")
+    return name
+
+
+def parse_sweep(specs: list[str]) -> dict[str, tuple[float, ...]]:
+    """['actor_lr=1e-3,3e-4', 'gamma=0.99,0.95'] -> {'actor_lr': (1e-3, 3e-4), ...}."""
+    out: dict[str, tuple[float, ...]] = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--sweep expects NAME=v1,v2,... (got {spec!r})")
+        field = sweep_name(name)
+        if field in out:
+            raise ConfigError(f"--sweep names {field} twice")
+        try:
+            numbers = tuple(float(v) for v in values.split(","))
+        except ValueError:
+            raise ConfigError(f"--sweep {name}: expected comma-separated numbers "
+                              f"(got {values!r})") from None
+        if len(numbers) < 1 or not all(math.isfinite(v) for v in numbers):
+            raise ConfigError(f"--sweep {name}: expected finite numbers (got {values!r})")
+        if len(set(numbers)) < len(numbers):
+            raise ConfigError(f"--sweep {name}: a value is repeated (got {values!r})")
+        out[field] = numbers
+    return out
+
+
+def sweep_values(cfg: TrainConfig, names) -> dict[str, Any]:
+    """The values of the sweepable fields `names` in `cfg`."""
+    return {name: getattr(getattr(cfg, SWEEPABLE[name]), name) for name in names}
+
+
+def with_values(cfg: TrainConfig, values: dict[str, Any]) -> TrainConfig:
+    """`cfg` with sweepable fields replaced (by floats, or by traced scalars inside a group's
+    vmapped program)."""
+    sac = {k: v for k, v in values.items() if SWEEPABLE[k] == "sac"}
+    proto = {k: v for k, v in values.items() if SWEEPABLE[k] == "proto"}
+    return dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, **sac),
+                               proto=dataclasses.replace(cfg.proto, **proto))

@@ -454,6 +454,84 @@ def schedule(cfg: TrainConfig, done_iterations: int = 0) -> list[int]:
     return sizes
 
 
+# --------------------------------------------------------------------------- groups
+# A group is several independent runs of one device env (seeds, swept values; trainer's
+# `train_group`) trained by one program: every TrainState leaf gains a leading member axis
+# and `run_group_chunk` vmaps the iteration over it. The schedule counters (env steps, update
+# count and credit, buffer fill) depend only on the iteration number, so they are equal in all
+# members; each iteration hands the vmapped body member 0's copy, unbatched, so the warm-up,
+# update and projection `lax.cond`s stay real branches (a batched predicate would turn them
+# into selects that run every branch: a projection in every iteration).
+
+
+def member_loop(loop: Loop, values) -> Loop:
+    """The Loop of one group member: swept settings (`values`, traced scalars inside the
+    vmapped program) replace the config's, and the actor is rebuilt from that config."""
+    if not values:
+        return loop
+    cfg = config_lib.with_values(loop.cfg, values)
+    return Loop(env=loop.env, actor=make_actor(cfg, loop.spec.action_dim), cfg=cfg)
+
+
+def _schedule_counters(ts: TrainState):
+    return (ts.env_steps, ts.random_until, ts.updates_start, ts.update_credit,
+            ts.learner.num_updates, ts.buffer.size, ts.buffer.insert_position)
+
+
+def _with_schedule_counters(ts: TrainState, counters) -> TrainState:
+    env_steps, random_until, updates_start, credit, num_updates, size, position = counters
+    return ts.replace(
+        env_steps=env_steps, random_until=random_until, updates_start=updates_start,
+        update_credit=credit, learner=ts.learner.replace(num_updates=num_updates),
+        buffer=ts.buffer.replace(size=size, insert_position=position))
+
+
+def init_group(loop: Loop, keys, values) -> TrainState:
+    """The states of a group's members, stacked: member i is `init_state` of its own loop
+    and key (a lone run's `PRNGKey(seed)`), so its random streams are the lone run's."""
+    return jax.vmap(lambda key, v: init_state(member_loop(loop, v), key))(keys, values)
+
+
+def run_group_chunk(loop: Loop, ts: TrainState, values, num_iterations):
+    """`run_chunk` of every member of a group (states stacked on a leading axis, swept values
+    `values` {name: [G]}); metrics come back with the member axis."""
+    num_iterations = jnp.asarray(num_iterations, jnp.int32)
+
+    def body(_, carry):
+        ts, totals = carry
+        shared = jax.tree_util.tree_map(lambda x: x[0], _schedule_counters(ts))
+
+        def one(ts, totals, v):
+            return iteration(member_loop(loop, v),
+                             (_with_schedule_counters(ts, shared), totals))
+
+        return jax.vmap(one)(ts, totals, values)
+
+    totals = jax.vmap(lambda ts, v: empty_totals(member_loop(loop, v), ts))(ts, values)
+    ts, totals = jax.lax.fori_loop(0, num_iterations, body, (ts, totals))
+
+    def finish(ts, totals, v):
+        member = member_loop(loop, v)
+        returns = evaluate(member, ts.learner, eval_key(ts), loop.cfg.eval_episodes)
+        return summarize(member, ts, totals, num_iterations, returns)
+
+    return ts, jax.vmap(finish)(ts, totals, values)
+
+
+def project_group(loop: Loop, ts: TrainState, values) -> TrainState:
+    return jax.vmap(lambda ts, v: project(member_loop(loop, v), ts))(ts, values)
+
+
+def group_member(tree, index: int):
+    """Member `index` of a stacked group tree."""
+    return jax.tree_util.tree_map(lambda x: x[index], tree)
+
+
+init_group_jit = jax.jit(init_group, static_argnums=(0,))
+run_group_chunk_jit = jax.jit(run_group_chunk, static_argnums=(0,), donate_argnums=(1,))
+project_group_jit = jax.jit(project_group, static_argnums=(0,))
+
+
 # --------------------------------------------------------------------------- host loop
 # Gymnasium envs step on the host. The same pieces as the device loop (choose_actions,
 # record_step, update_step, summarize) run in one jitted call per vector step: the host sends

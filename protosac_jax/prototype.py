@@ -97,7 +97,7 @@ class ProtoNet(nn.Module):
             (self.num_prototypes, self.action_dim))
         if self.init_temperature is not None:
             self.log_temperature = self.param(
-                "log_temperature", nn.initializers.constant(math.log(self.init_temperature)),
+                "log_temperature", nn.initializers.constant(_log(self.init_temperature)),
                 ())
         if self.learn_spread_coef:
             self.log_spread_coef = self.param("log_spread_coef", nn.initializers.zeros, ())
@@ -116,6 +116,11 @@ def squared_distances(latents, prototypes):
     d = (jnp.sum(latents**2, -1, keepdims=True) - 2.0 * cross
          + jnp.sum(prototypes**2, -1)[None, :])
     return jnp.maximum(d, 0.0)
+
+
+def _log(x):
+    """log of a Python float as before (exactly), or of a traced scalar (a swept value)."""
+    return math.log(x) if isinstance(x, (int, float)) else jnp.log(x)
 
 
 def similarities(distances, kind: str, temperature: float = 1.0, log_eps: float = 1e-4):

@@ -90,7 +90,8 @@ def _optimizers(cfg: SACConfig):
 
 
 def target_entropy(cfg: SACConfig, action_dim: int) -> float:
-    return -float(action_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
+    # not float(): a swept target entropy is a traced scalar (config.with_values)
+    return -float(action_dim) if cfg.target_entropy is None else cfg.target_entropy
 
 
 def init(key, actor, cfg: SACConfig, obs_example, action_dim: int) -> SACState:

@@ -15,6 +15,7 @@ SIGINT/SIGTERM during training: the current chunk finishes, a resumable checkpoi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -219,8 +220,8 @@ def _first_non_finite(metrics: dict[str, Any]) -> str | None:
     return None
 
 
-def _final_projection(loop: loops.Loop, ts, run_chunk):
-    """(state with every prototype projected, deterministic eval return of that policy,
+def _final_projection(loop: loops.Loop, ts, run_chunk, project):
+    """(state with every prototype projected, deterministic eval return(s) of that policy,
     {"learner", "provenance"} before the projection: what a resume continues from).
 
     The evaluation is a chunk of zero iterations (the compiled chunk, no second program) and
@@ -230,8 +231,8 @@ def _final_projection(loop: loops.Loop, ts, run_chunk):
     # (critic, optimizer states) through to the state that is donated
     unprojected = jax.tree_util.tree_map(jnp.copy, {"learner": ts.learner,
                                                     "provenance": ts.provenance})
-    ts, metrics = run_chunk(loop, loops.project_jit(loop, ts), 0)
-    return ts, float(np.asarray(metrics["eval/return_mean"])), unprojected
+    ts, metrics = run_chunk(loop, project(ts), 0)
+    return ts, np.asarray(metrics["eval/return_mean"]), unprojected
 
 
 def _record_video(loop: loops.Loop, ts, run_dir: Path, env_steps: int, quiet: bool) -> bool:
@@ -261,18 +262,21 @@ def _record_video(loop: loops.Loop, ts, run_dir: Path, env_steps: int, quiet: bo
     return True
 
 
-def _last_committed(run_dir: Path, finished: bool = False) -> str:
-    """What a user can continue from after a failed write (the newest committed step)."""
+def _last_committed(members, target: Path, finished: bool = False) -> str:
+    """What a user can continue from after a failed write: the newest step committed in
+    every member (a lone run has one)."""
     from protosac_jax import checkpoint
 
-    steps = checkpoint.committed_steps(run_dir)
-    if not steps:
+    dirs = [m.run_dir if isinstance(m, _Member) else Path(m) for m in members]
+    steps = [set(checkpoint.committed_steps(d)) for d in dirs]
+    common = sorted(set.intersection(*steps), reverse=True) if steps else []
+    if not common:
         return "no checkpoint was committed"
     if finished:  # training ended and its final step is saved; only the extras failed
-        return (f"the final checkpoint (step {steps[0]}) is committed; free space, then "
-                f"python viz.py --ckpt {run_dir}")
-    return (f"the last committed checkpoint is step {steps[0]}; free space, then "
-            f"python train.py --resume {run_dir}")
+        return (f"the final checkpoint (step {common[0]}) is committed; free space, then "
+                f"python viz.py --ckpt {target}")
+    return (f"the last committed checkpoint is step {common[0]}; free space, then "
+            f"python train.py --resume {target}")
 
 
 def make_loop(cfg: TrainConfig, env=None) -> loops.Loop:
@@ -321,6 +325,35 @@ def _chunk_runner(loop: loops.Loop, ts):
     return ts, jitted
 
 
+class _GroupRunner:
+    """`runner(loop, ts, iterations) -> (ts, metrics)` for a group (loops.run_group_chunk):
+    the swept values ride along. With several devices whose count divides the group, the
+    member axis is split over them (a "seed" mesh axis: no cross-device traffic at all);
+    otherwise the group runs on the default device."""
+
+    def __init__(self, values, jitted=loops.run_group_chunk_jit):
+        self.values = values
+        self.jitted = jitted
+
+    def __call__(self, loop, ts, iterations):
+        return self.jitted(loop, ts, self.values, iterations)
+
+
+def _group_runner(loop: loops.Loop, ts, values):
+    size = int(ts.env_steps.shape[0])
+    devices = jax.devices()
+    if len(devices) == 1 or size % len(devices):
+        return ts, _GroupRunner(values)
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("seed",))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
+    ts = jax.device_put(ts, split)
+    values = jax.device_put(values, split)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    jitted = jax.jit(loops.run_group_chunk, static_argnums=(0,), donate_argnums=(1,),
+                     in_shardings=(split, split, replicated), out_shardings=(split, split))
+    return ts, _GroupRunner(values, jitted)
+
+
 def resume(run_dir: str | os.PathLike, progress: bool = True, quiet: bool = False,
            **overrides) -> RunResult:
     """Continue a run from its newest good checkpoint with its saved config.
@@ -350,143 +383,218 @@ def resume(run_dir: str | os.PathLike, progress: bool = True, quiet: bool = Fals
                 refill=not meta.get("buffer_saved", True))
 
 
+@dataclasses.dataclass
+class _Member:
+    """One run directory of a chunk loop (a lone run has one; a group one per member)."""
+
+    run_dir: Path
+    loop: loops.Loop  # this member's own loop (its config: seed, swept values)
+    logger: Any = None
+    checkpointer: Any = None
+    history: list = dataclasses.field(default_factory=list)
+    best_eval: float = -math.inf
+    last_saved: int | None = None
+    video_ok: bool = True
+
+
+# Chunk metrics without meaning when no update ran (warm-up): dropped instead of logged null.
+_UPDATE_METRICS = ("losses/", "charts/alpha", "charts/entropy", "proto/orthogonality",
+                   "proto/weight_", "proto/usage", "proto/proximity", "proto/dead")
+
+
 def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
          refill: bool) -> RunResult:
+    return _run_members(loop, ts, [_Member(run_dir, loop)], progress, quiet, refill)[0]
+
+
+def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, quiet: bool,
+                 refill: bool, values=None) -> list[RunResult]:
+    """The chunk loop. `values` None: a lone run (`ts` one state, `members` one). Else a
+    group: `ts` stacked over `members`, trained by one vmapped program with each member's
+    swept `values` ({name: [G]})."""
     from protosac_jax import checkpoint
 
     cfg = loop.cfg
-    start_steps = int(ts.env_steps)
+    group = values is not None
+    pick = (lambda tree, i: loops.group_member(tree, i)) if group else (lambda tree, i: tree)
+    first = pick(ts, 0)
+    start_steps = int(first.env_steps)
     chunks = loops.schedule(cfg, done_iterations=start_steps // cfg.num_envs)
     if refill:
         # Resumed without a saved buffer: collect with the current policy before updating.
         refill_steps = max(cfg.num_envs, min(cfg.learning_starts,
                                              config_lib.buffer_capacity(cfg)))
-        ts = ts.replace(updates_start=jnp.asarray(start_steps + refill_steps, jnp.int32))
+        ts = ts.replace(updates_start=jnp.full_like(ts.updates_start,
+                                                    start_steps + refill_steps))
         if not quiet:
             print(f"resume: the buffer was not saved; refilling {refill_steps} env steps with "
                   "the current policy before updating", file=sys.stderr)
-    ts, run_chunk = _chunk_runner(loop, ts)
+    if group:
+        ts, run_chunk = _group_runner(loop, ts, values)
+        project = functools.partial(loops.project_group_jit, loop, values=values)
+    else:
+        ts, run_chunk = _chunk_runner(loop, ts)
+        project = functools.partial(loops.project_jit, loop)
     if not quiet:
-        print(f"replay buffer: {ts.buffer.capacity} transitions, "
+        where = f" x {len(members)} members" if group else ""
+        print(f"replay buffer: {first.buffer.capacity} transitions{where}, "
               f"{_gib(ts.buffer.data):.2f} GiB on {jax.devices()[0].platform}"
               + (" (resume of a Gymnasium run: episodes in progress restart)"
                  if loop.on_host and start_steps else ""), file=sys.stderr)
-    logger = _Logger(run_dir, cfg.log_tensorboard, resumed_at=start_steps)
-    checkpointer = checkpoint.Checkpointer(run_dir, keep=cfg.keep_checkpoints)
-    history: list[dict[str, Any]] = []
+    for m in members:
+        m.logger = _Logger(m.run_dir, cfg.log_tensorboard, resumed_at=start_steps)
+        m.checkpointer = checkpoint.Checkpointer(m.run_dir, keep=cfg.keep_checkpoints)
     t_start = time.perf_counter()
     total = start_steps + sum(chunks) * cfg.num_envs
     bar = _progress(total, start_steps, progress)
-    env_steps, updates = start_steps, int(ts.learner.num_updates)
-    best_eval = -math.inf
-    last_saved = None
+    env_steps, updates = start_steps, int(first.learner.num_updates)
     first_chunk_s = None
     checkpoint_s = 0.0
-    video_ok = True
 
-    def meta(eval_return):
+    def meta(member_ts, eval_return):
         return {"format_version": checkpoint.FORMAT_VERSION,
                 "spec": dataclasses.asdict(loop.spec), "env_steps": env_steps,
                 "updates": updates, "eval_return": eval_return, "algo": cfg.algo,
-                "buffer_capacity": int(ts.buffer.capacity)}
+                "buffer_capacity": int(member_ts.buffer.capacity)}
+
+    def where(m: _Member) -> str:
+        return f"{m.run_dir}: " if group else ""
 
     try:
         with _SignalGuard() as guard:
             for index, iterations in enumerate(chunks):
                 t0 = time.perf_counter()
-                ts, metrics = run_chunk(loop, ts, iterations)
-                metrics = _to_python(jax.device_get(metrics))
-                if not metrics["charts/chunk_updates"]:  # no update ran: drop empty averages
-                    metrics = {k: v for k, v in metrics.items() if v is not None
-                               or not k.startswith(("losses/", "charts/alpha", "charts/entropy",
-                                                    "proto/orthogonality", "proto/weight_",
-                                                    "proto/usage", "proto/proximity", "proto/dead"))}
+                ts, raw = run_chunk(loop, ts, iterations)
+                raw = jax.device_get(raw)
                 elapsed = time.perf_counter() - t0
                 if first_chunk_s is None:
                     first_chunk_s = time.perf_counter() - t_start
-                    metrics["perf/time_to_first_chunk_s"] = first_chunk_s
                 steps = iterations * cfg.num_envs
-                new_updates = int(metrics["charts/updates"]) - updates
+                chunk_metrics = [_to_python(pick(raw, i)) for i in range(len(members))]
+                new_updates = int(chunk_metrics[0]["charts/updates"]) - updates
                 env_steps += steps
                 updates += new_updates
-                metrics["perf/env_steps_per_s"] = steps / elapsed
-                metrics["perf/updates_per_s"] = new_updates / elapsed
-                metrics["perf/wall_s"] = time.perf_counter() - t_start
-                # cumulative seconds spent outside training proper (benchmarks subtract them;
-                # device-loop evaluations run inside the jitted chunk and are not separable)
-                metrics["perf/eval_s"] = getattr(run_chunk, "eval_seconds", 0.0)
-                metrics["perf/checkpoint_s"] = checkpoint_s
-                bad = _first_non_finite(metrics)
-                if bad is not None:
-                    logger.log(env_steps, metrics)
-                    where = f"last good checkpoint: step {last_saved}" if last_saved else \
-                        "no checkpoint of this session"
-                    raise TrainingDiverged(
-                        f"non-finite {bad} at env step {env_steps} (update {updates}); "
-                        f"training stopped, {where}")
+                for metrics in chunk_metrics:
+                    if not metrics["charts/chunk_updates"]:  # no update ran: drop averages
+                        for key in [k for k, v in metrics.items()
+                                    if v is None and k.startswith(_UPDATE_METRICS)]:
+                            del metrics[key]
+                    if index == 0:
+                        metrics["perf/time_to_first_chunk_s"] = first_chunk_s
+                    # whole-program rates: a group's members share one program
+                    metrics["perf/env_steps_per_s"] = steps / elapsed
+                    metrics["perf/updates_per_s"] = new_updates / elapsed
+                    metrics["perf/wall_s"] = time.perf_counter() - t_start
+                    # cumulative seconds spent outside training proper (benchmarks subtract
+                    # them; device-loop evaluations run inside the chunk, not separable)
+                    metrics["perf/eval_s"] = getattr(run_chunk, "eval_seconds", 0.0)
+                    metrics["perf/checkpoint_s"] = checkpoint_s
+                for m, metrics in zip(members, chunk_metrics):
+                    bad = _first_non_finite(metrics)
+                    if bad is not None:
+                        m.logger.log(env_steps, metrics)
+                        saved = f"last good checkpoint: step {m.last_saved}" if m.last_saved \
+                            else "no checkpoint of this session"
+                        raise TrainingDiverged(
+                            f"{where(m)}non-finite {bad} at env step {env_steps} (update "
+                            f"{updates}); training stopped, {saved}")
                 unprojected = None
-                if index == len(chunks) - 1 and loops.needs_final_projection(loop, ts):
+                last_chunk = index == len(chunks) - 1
+                if last_chunk and loops.needs_final_projection(loop, pick(ts, 0)):
                     # End on real states: project once more (the re-fit keeps the policy) and
                     # evaluate the policy that is saved. The checkpoint keeps the state before
                     # this projection too: a resumed run continues from it, exactly as a
                     # longer run that never stopped here.
-                    metrics["eval/return_mean_before_final_projection"] = \
-                        metrics["eval/return_mean"]
-                    ts, metrics["eval/return_mean"], unprojected = _final_projection(
-                        loop, ts, run_chunk)
-                history.append({"env_steps": env_steps, **metrics})
-                logger.log(env_steps, metrics)
+                    ts, returns, unprojected = _final_projection(loop, ts, run_chunk, project)
+                    for i, metrics in enumerate(chunk_metrics):
+                        metrics["eval/return_mean_before_final_projection"] = \
+                            metrics["eval/return_mean"]
+                        metrics["eval/return_mean"] = float(returns[i] if group else returns)
+                for m, metrics in zip(members, chunk_metrics):
+                    m.history.append({"env_steps": env_steps, **metrics})
+                    m.logger.log(env_steps, metrics)
+                evals = [m["eval/return_mean"] for m in chunk_metrics]
                 bar.update(steps)
+                postfix = {"eval": f"{evals[0]:.1f}"} if not group else {
+                    "eval_mean": f"{np.mean(evals):.1f}", "eval_min": f"{np.min(evals):.1f}"}
                 bar.set_postfix({
-                    "eval": f"{metrics['eval/return_mean']:.1f}",
-                    "sps": f"{metrics['perf/env_steps_per_s']:.0f}",
-                    "ups": f"{metrics['perf/updates_per_s']:.0f}",
-                    "alpha": f"{metrics.get('charts/alpha') or float('nan'):.3f}",
+                    **postfix,
+                    "sps": f"{chunk_metrics[0]['perf/env_steps_per_s']:.0f}",
+                    "ups": f"{chunk_metrics[0]['perf/updates_per_s']:.0f}",
+                    "alpha": f"{chunk_metrics[0].get('charts/alpha') or float('nan'):.3f}",
                 })
-                eval_return = metrics["eval/return_mean"]
-                trained = bool(metrics["charts/chunk_updates"])
-                t_save = time.perf_counter()
-                if trained and eval_return is not None and eval_return > best_eval:
-                    best_eval = eval_return
-                    checkpointer.save_best(ts, meta(eval_return))
-                last_chunk = index == len(chunks) - 1
+                trained = bool(chunk_metrics[0]["charts/chunk_updates"])
                 crossed = env_steps // cfg.save_every > (env_steps - steps) // cfg.save_every
-                if last_chunk or crossed or guard.received is not None:
-                    last_saved = checkpointer.save(ts, meta(eval_return), cfg.save_buffer,
-                                                   unprojected=unprojected)
+                save_now = last_chunk or crossed or guard.received is not None
+                t_save = time.perf_counter()
+                better = [trained and metrics["eval/return_mean"] is not None
+                          and metrics["eval/return_mean"] > m.best_eval
+                          for m, metrics in zip(members, chunk_metrics)]
+                saved_ts, saved_unprojected = ts, unprojected
+                if group and (save_now or any(better)):
+                    # one copy to the host, sliced there (not one transfer per member)
+                    saved_ts, saved_unprojected = jax.device_get((ts, unprojected))
+                for i, (m, metrics) in enumerate(zip(members, chunk_metrics)):
+                    if not (better[i] or save_now):
+                        continue
+                    eval_return = metrics["eval/return_mean"]
+                    member_ts = pick(saved_ts, i)
+                    if better[i]:
+                        m.best_eval = eval_return
+                        m.checkpointer.save_best(member_ts, meta(member_ts, eval_return))
+                    if save_now:
+                        m.last_saved = m.checkpointer.save(
+                            member_ts, meta(member_ts, eval_return), cfg.save_buffer,
+                            unprojected=None if unprojected is None
+                            else pick(saved_unprojected, i))
                 checkpoint_s += time.perf_counter() - t_save
-                if cfg.video_every and video_ok and \
+                if cfg.video_every and \
                         env_steps // cfg.video_every > (env_steps - steps) // cfg.video_every:
-                    video_ok = _record_video(loop, ts, run_dir, env_steps, quiet)
+                    for i, m in enumerate(members):
+                        if m.video_ok:
+                            m.video_ok = _record_video(m.loop, pick(ts, i), m.run_dir,
+                                                       env_steps, quiet)
                 if guard.received is not None:
+                    target = members[0].run_dir.parent if group else members[0].run_dir
                     raise Interrupted(f"interrupted at env step {env_steps}; resumable "
-                                      f"checkpoint saved: python train.py --resume {run_dir}")
+                                      f"checkpoint saved: python train.py --resume {target}")
     except WriteError as err:
-        raise WriteError(f"{err}; {_last_committed(run_dir)}") from None
+        target = members[0].run_dir.parent if group else members[0].run_dir
+        raise WriteError(f"{err}; {_last_committed(members, target)}") from None
     finally:
         bar.close()
-        for close in (logger.close, checkpointer.close,
-                      getattr(run_chunk, "close", lambda: None)):
+        closers = [f for m in members for f in (m.logger.close if m.logger else None,
+                                                m.checkpointer.close if m.checkpointer
+                                                else None) if f is not None]
+        for close in closers + [getattr(run_chunk, "close", lambda: None)]:
             try:
                 close()
             except Exception:  # noqa: BLE001 - after a failed save, closing may fail again
                 if not outputs.a_save_failed():
                     raise
-    final_eval = history[-1]["eval/return_mean"]
-    try:
-        outputs.write_text(run_dir / "summary.json", json.dumps({
-            "env_steps": env_steps, "updates": updates, "final_eval": final_eval,
-            "best_eval": best_eval, "wall_s": time.perf_counter() - t_start,
-            "time_to_first_chunk_s": first_chunk_s}, indent=2))
-        if loop.is_proto:
-            from protosac_jax import render
+    results = []
+    wall_s = time.perf_counter() - t_start
+    for i, m in enumerate(members):
+        final_eval = m.history[-1]["eval/return_mean"]
+        member_ts = pick(ts, i)
+        try:
+            outputs.write_text(m.run_dir / "summary.json", json.dumps({
+                "env_steps": env_steps, "updates": updates, "final_eval": final_eval,
+                "best_eval": m.best_eval, "wall_s": wall_s,
+                "time_to_first_chunk_s": first_chunk_s}, indent=2))
+            if loop.is_proto:
+                from protosac_jax import render
 
-            try:
-                with writing(run_dir / "prototypes.png"):
-                    render.save_prototype_grid(run_dir / "prototypes.png", loop, ts)
-            except render.RenderUnavailable as err:  # an env we cannot draw yet
-                if not quiet:
-                    print(f"note: no prototype grid ({err})")
-    except WriteError as err:
-        raise WriteError(f"{err}; {_last_committed(run_dir, finished=True)}") from None
-    return RunResult(run_dir=run_dir, final_eval=final_eval, history=history, state=ts)
+                try:
+                    with writing(m.run_dir / "prototypes.png"):
+                        render.save_prototype_grid(m.run_dir / "prototypes.png", m.loop,
+                                                   member_ts)
+                except render.RenderUnavailable as err:  # an env we cannot draw yet
+                    if not quiet and i == 0:
+                        print(f"note: no prototype grid ({err})")
+        except WriteError as err:
+            raise WriteError(f"{err}; {_last_committed([m], m.run_dir, finished=True)}") \
+                from None
+        results.append(RunResult(run_dir=m.run_dir, final_eval=final_eval, history=m.history,
+                                 state=member_ts))
+    return results

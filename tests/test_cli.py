@@ -120,6 +120,16 @@ def run_cli(*args, cwd=ROOT, script="train.py"):
     (["--weight-entropy-coef", "-1"], "--weight-entropy-coef must be a finite number >= 0"),
     (["--noise-correlation", "1"], "--noise-correlation must be in [0, 1)"),
     (["--seed", "-3"], "--seed must be an integer in [0, 2^31)"),
+    # groups (--num-seeds, --sweep): refused before anything is compiled or written
+    (["--sweep", "batch_size=32,64"], "--sweep cannot vary 'batch_size'"),
+    (["--sweep", "actor_lr"], "--sweep expects NAME=v1,v2"),
+    (["--sweep", "actor_lr=a,b"], "expected comma-separated numbers"),
+    (["--sweep", "actor_lr=1e-3,1e-3"], "a value is repeated"),
+    (["--sweep", "gamma=0.9", "--sweep", "gamma=0.8"], "--sweep names gamma twice"),
+    (["--sweep", "gamma=0.9,1.5"], "--gamma must be in (0, 1] (got 1.5)"),
+    (["--num-seeds", "0"], "--num-seeds must be an integer >= 1"),
+    (["--num-seeds", "2", "--backend", "gymnasium"], "steps on the host (Gymnasium)"),
+    (["--seed", "2147483647", "--num-seeds", "2"], "passes 2^31"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
     proc = run_cli(*args, "--out", str(tmp_path / "run"), cwd=tmp_path)
