@@ -269,7 +269,7 @@ def main(argv=None) -> int:
                                     **overrides)
             cfg = config_lib.from_json((result.run_dir / "config.json").read_text())
         else:
-            if args.num_seeds is not None or sweep:
+            if args.num_seeds is not None or sweep:  # before JAX starts (config_from_args)
                 groups.use_host_cores(groups.group_size(args.num_seeds, sweep))
             cfg = config_from_args(args)
             if args.out is not None:

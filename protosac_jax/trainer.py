@@ -339,18 +339,28 @@ class _GroupRunner:
         return self.jitted(loop, ts, self.values, iterations)
 
 
+def _group_devices(ts) -> int:
+    return len(ts.env_steps.sharding.device_set)
+
+
 def _group_runner(loop: loops.Loop, ts, values):
     size = int(ts.env_steps.shape[0])
     devices = jax.devices()
     if len(devices) == 1 or size % len(devices):
         return ts, _GroupRunner(values)
+    from jax.sharding import PartitionSpec as P
+
     mesh = jax.sharding.Mesh(np.asarray(devices), ("seed",))
-    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
+    split = jax.sharding.NamedSharding(mesh, P("seed"))
     ts = jax.device_put(ts, split)
     values = jax.device_put(values, split)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    jitted = jax.jit(loops.run_group_chunk, static_argnums=(0,), donate_argnums=(1,),
-                     in_shardings=(split, split, replicated), out_shardings=(split, split))
+    # shard_map: each device runs the whole chunk on its own members; the schedule counters
+    # come from its first local member, so no iteration waits on another device
+    sharded = jax.shard_map(functools.partial(loops.run_group_chunk, loop), mesh=mesh,
+                            in_specs=(P("seed"), P("seed"), P()),
+                            out_specs=(P("seed"), P("seed")), check_vma=False)
+    jitted = jax.jit(lambda loop, ts, values, n: sharded(ts, values, jnp.asarray(n, jnp.int32)),
+                     static_argnums=(0,), donate_argnums=(1,))
     return ts, _GroupRunner(values, jitted)
 
 
@@ -408,17 +418,20 @@ def _run(loop: loops.Loop, ts, run_dir: Path, progress: bool, quiet: bool,
 
 
 def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, quiet: bool,
-                 refill: bool, values=None) -> list[RunResult]:
+                 refill: bool, values=None, root: Path | None = None) -> list[RunResult]:
     """The chunk loop. `values` None: a lone run (`ts` one state, `members` one). Else a
     group: `ts` stacked over `members`, trained by one vmapped program with each member's
-    swept `values` ({name: [G]})."""
+    swept `values` ({name: [G]}); `root` is the directory `--resume` continues (the group's,
+    default the lone run's)."""
     from protosac_jax import checkpoint
 
     cfg = loop.cfg
     group = values is not None
+    root = root if root is not None else members[0].run_dir
     pick = (lambda tree, i: loops.group_member(tree, i)) if group else (lambda tree, i: tree)
-    first = pick(ts, 0)
-    start_steps = int(first.env_steps)
+    lead = (lambda x: x[0]) if group else (lambda x: x)  # a counter: equal in all members
+    start_steps = int(lead(ts.env_steps))
+    capacity = jax.tree_util.tree_leaves(ts.buffer.data)[0].shape[int(group)]
     chunks = loops.schedule(cfg, done_iterations=start_steps // cfg.num_envs)
     if refill:
         # Resumed without a saved buffer: collect with the current policy before updating.
@@ -436,8 +449,8 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
         ts, run_chunk = _chunk_runner(loop, ts)
         project = functools.partial(loops.project_jit, loop)
     if not quiet:
-        where = f" x {len(members)} members" if group else ""
-        print(f"replay buffer: {first.buffer.capacity} transitions{where}, "
+        where = f" x {len(members)} members ({_group_devices(ts)} devices)" if group else ""
+        print(f"replay buffer: {capacity} transitions{where}, "
               f"{_gib(ts.buffer.data):.2f} GiB on {jax.devices()[0].platform}"
               + (" (resume of a Gymnasium run: episodes in progress restart)"
                  if loop.on_host and start_steps else ""), file=sys.stderr)
@@ -447,7 +460,7 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
     t_start = time.perf_counter()
     total = start_steps + sum(chunks) * cfg.num_envs
     bar = _progress(total, start_steps, progress)
-    env_steps, updates = start_steps, int(first.learner.num_updates)
+    env_steps, updates = start_steps, int(lead(ts.learner.num_updates))
     first_chunk_s = None
     checkpoint_s = 0.0
 
@@ -555,12 +568,10 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
                             m.video_ok = _record_video(m.loop, pick(ts, i), m.run_dir,
                                                        env_steps, quiet)
                 if guard.received is not None:
-                    target = members[0].run_dir.parent if group else members[0].run_dir
                     raise Interrupted(f"interrupted at env step {env_steps}; resumable "
-                                      f"checkpoint saved: python train.py --resume {target}")
+                                      f"checkpoint saved: python train.py --resume {root}")
     except WriteError as err:
-        target = members[0].run_dir.parent if group else members[0].run_dir
-        raise WriteError(f"{err}; {_last_committed(members, target)}") from None
+        raise WriteError(f"{err}; {_last_committed(members, root)}") from None
     finally:
         bar.close()
         closers = [f for m in members for f in (m.logger.close if m.logger else None,

@@ -75,22 +75,26 @@ def test_members_are_lone_runs_and_swept_values_reach_them():
                               np.asarray(loops.group_member(group, 2).buffer.data.action[:300]))
 
 
-def run_cli(*args):
+def run_cli(*args, devices: int = 1):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    if devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                          capture_output=True, text=True, timeout=900, env=env)
 
 
 def test_num_seeds_cli_writes_loadable_resumable_member_runs(tmp_path):
     """`--num-seeds 2` through the real command: one complete run directory per seed that
-    load() and viz.py read, seeds.json, a group resume and a lone resume of one member."""
+    load() reads, seeds.json, a group resume and a lone resume of one member. The group is
+    trained with its members sharded over 2 CPU devices and continued on 1 (a checkpoint
+    written sharded restores on another topology)."""
     import protosac_jax
 
     out = tmp_path / "group"
     common = ["--total-steps", "1200", "--learning-starts", "200", "--eval-every", "600",
               "--eval-episodes", "2", "--no-progress"]
     proc = run_cli("--env", "pendulum", "--num-seeds", "2", "--seed", "5", "--out", str(out),
-                   *common)
+                   *common, devices=2)
     assert proc.returncode == 0, proc.stderr
     assert "2 runs: final eval return mean" in proc.stdout
     summary = json.loads((out / "seeds.json").read_text())

@@ -1,7 +1,8 @@
 """Honest learning tests: real training, real returns.
 
 The short ones run in CI; the full Foundation checks (10k steps x 3 seeds x 2 actors on
-Pendulum, 100k steps x 3 seeds on MountainCar) are marked slow: `make test-slow`.
+Pendulum, 100k steps x 3 seeds on MountainCar, each actor's seeds trained as one group,
+train.py --num-seeds) are marked slow: `make test-slow`.
 """
 
 import dataclasses
@@ -98,18 +99,25 @@ def test_pendulum_default_decisions_are_readable(tmp_path, seed):
     assert change["action_change_top"][0] >= 3 * change["action_change_random"][0]
 
 
+def _train_seeds(tmp_path, seeds: int, env="pendulum", **overrides):
+    """Seeds 0..seeds-1 as one group (train.py --num-seeds): each a complete run."""
+    from protosac_jax import groups
+
+    cfg = dataclasses.replace(config_lib.preset(env), log_tensorboard=False, **overrides)
+    return groups.train_group(cfg, seeds, out=tmp_path / f"{cfg.algo}-seeds", progress=False,
+                              quiet=True).members
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("baseline", [False, True])
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_pendulum_default_preset_10k_steps_reaches_minus_200(tmp_path, baseline, seed):
-    result = _train(tmp_path, baseline=baseline, seed=seed)
-    assert result.history[-1]["env_steps"] == 10_000
-    assert result.final_eval >= -200
+def test_pendulum_default_preset_10k_steps_reaches_minus_200(tmp_path, baseline):
+    for member in _train_seeds(tmp_path, 3, baseline=baseline):
+        assert member.history[-1]["env_steps"] == 10_000
+        assert member.final_eval >= -200, member.run_dir
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_mountaincar_protosac_reaches_the_flag_within_100k_steps(tmp_path, seed):
-    result = _train(tmp_path, env="mountaincar", seed=seed)
-    assert result.history[-1]["env_steps"] <= 100_000
-    assert max(h["eval/return_mean"] for h in result.history) >= 80
+def test_mountaincar_protosac_reaches_the_flag_within_100k_steps(tmp_path):
+    for member in _train_seeds(tmp_path, 3, env="mountaincar"):
+        assert member.history[-1]["env_steps"] <= 100_000
+        assert max(h["eval/return_mean"] for h in member.history) >= 80, member.run_dir
