@@ -108,6 +108,9 @@ def main():
         with open(args.results, "a") as f:
             f.write(json.dumps(row) + "\n")
         return
+    from protosac_jax import groups
+
+    groups.use_host_cores(len(args.seeds))  # before JAX starts, as train.py does for groups
     out = []
     if args.algo in ("both", "protosac"):
         out += run(args.env, args.seeds, baseline=False)

@@ -29,12 +29,24 @@ def load(path, step=None, best: bool = False):
     return _load(path, step=step, best=best)
 
 
+def train_group(cfg: TrainConfig, num_seeds: int = 1, sweep=None, out=None,
+                progress: bool = True, quiet: bool = False):
+    """Train seeds cfg.seed.. (x swept values) as one program (see protosac_jax.groups)."""
+    from protosac_jax.groups import train_group as _train_group
+
+    return _train_group(cfg, num_seeds, sweep, out=out, progress=progress, quiet=quiet)
+
+
 def resume(run_dir, progress: bool = True, quiet: bool = False, **overrides):
-    """Continue a run from its newest good checkpoint (see protosac_jax.trainer.resume)."""
+    """Continue a run (or a group: every member) from its newest good checkpoint (see
+    protosac_jax.trainer.resume, protosac_jax.groups.resume_group)."""
+    from protosac_jax import groups
     from protosac_jax.trainer import resume as _resume
 
+    if groups.is_group(run_dir):
+        return groups.resume_group(run_dir, progress=progress, quiet=quiet, **overrides)
     return _resume(run_dir, progress=progress, quiet=quiet, **overrides)
 
 
 __all__ = ["ConfigError", "EnvError", "PrototypeConfig", "SACConfig", "TrainConfig", "preset",
-           "make_env", "train", "load", "resume", "__version__"]
+           "make_env", "train", "train_group", "load", "resume", "__version__"]
