@@ -132,11 +132,9 @@ def train_group(cfg: TrainConfig, num_seeds: int = 1, sweep=None, out=None,
                 progress: bool = True, quiet: bool = False) -> GroupResult:
     """Train seeds cfg.seed .. cfg.seed + num_seeds - 1 (x every combination of the swept
     values, {field: (v1, v2, ...)}) as one program; see the module docstring."""
-    sweep = dict(sweep or {})
+    sweep = {config_lib.sweep_name(k): tuple(v) for k, v in (sweep or {}).items()}
     if not (isinstance(num_seeds, int) and num_seeds >= 1):
         raise ConfigError(f"--num-seeds must be an integer >= 1 (got {num_seeds!r})")
-    for name in sweep:
-        config_lib.sweep_name(name)
     config_lib.validate(cfg)
     if cfg.seed + num_seeds > 2**31:
         raise ConfigError(f"--seed {cfg.seed} + --num-seeds {num_seeds} passes 2^31")
