@@ -34,6 +34,9 @@ def build_parser() -> OneLineParser:
       help="usage share the pruned agent keeps (default 0.95)")
     a("--keep", help="comma-separated numbers of prototypes to evaluate (--prune; default "
       "1,2,4,..,K)")
+    a("--curves", nargs="+", metavar="RUN",
+      help="plot learning curves instead: eval return vs env steps and vs wall-clock of run "
+      "or group directories (a group's seeds as mean and 95%% band) -> <out>/curves.<format>")
     a("--quiet", action="store_true")
     return p
 
@@ -60,6 +63,8 @@ def _main(argv=None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
+        if args.curves:
+            return _curves(args)
         if args.ckpt is None:
             raise ConfigError("--ckpt RUN_DIR is required")
         if args.episodes < 1 or args.top_k < 1:
@@ -91,6 +96,24 @@ def _main(argv=None) -> int:
             visualize.VizError) as err:
         print(f"viz.py: error: {err}", file=sys.stderr)
         return 2
+
+
+def _curves(args) -> int:
+    from protosac_jax import curves
+    from protosac_jax.trainer import check_writable_dir
+
+    if args.ckpt is not None:
+        raise ConfigError("give --ckpt or --curves, not both")
+    paths = [Path(p) for p in args.curves]
+    out = Path(args.out) if args.out is not None else paths[0] / "viz"
+    for path in paths:
+        curves.curves_of(path)  # every argument readable before anything is written
+    check_writable_dir(out, must_be_empty=False)  # curves.* in it are replaced
+    with writing(out):
+        result = curves.export_curves(paths, out, fmt=args.format)
+    labels = ", ".join(f"{c['label']} ({c['seeds']})" for c in result["curves"])
+    print(f"curves: {labels} -> {result['figure']}")
+    return 0
 
 
 def _export(args, agent, out: Path) -> int:

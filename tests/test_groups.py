@@ -109,6 +109,14 @@ def test_num_seeds_cli_writes_loadable_resumable_member_runs(tmp_path):
         assert json.loads((run / "summary.json").read_text())["env_steps"] == 1200
         agent = protosac_jax.load(run)
         assert np.asarray(agent.act(np.zeros(3, np.float32))).shape == (1,)
+    # its learning curves, through the real command: the group as one mean curve
+    proc = subprocess.run([sys.executable, str(ROOT / "viz.py"), "--curves", str(out),
+                           str(out / "seed_5"), "--out", str(tmp_path / "curves")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    plotted = json.loads((tmp_path / "curves" / "curves.json").read_text())["curves"]
+    assert [(c["label"], c["seeds"]) for c in plotted] == [("group", 2), ("seed_5", 1)]
+    assert (tmp_path / "curves" / "curves.png").stat().st_size > 10_000
     # the group resumes together from its newest common step
     proc = run_cli("--resume", str(out), "--total-steps", "1800", "--no-progress")
     assert proc.returncode == 0, proc.stderr
