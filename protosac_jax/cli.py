@@ -303,7 +303,12 @@ def main(argv=None) -> int:
         print(f"done: {cfg.env} {cfg.algo}, {len(result.members)} runs: final eval return "
               f"mean {evals['mean']:.1f}, min {evals['min']:.1f} -> {result.out} "
               "(seeds.json)")
+        if not args.quiet:
+            print(f"next: python viz.py --curves {result.out}   (learning curves); "
+                  f"python viz.py --ckpt {result.members[0].run_dir}   (one member)")
     else:
         print(f"done: {cfg.env} {cfg.algo} seed {cfg.seed}: final eval return "
               f"{result.final_eval:.1f} -> {result.run_dir}")
+        if not args.quiet:
+            print(f"next: python viz.py --ckpt {result.run_dir}   (prototypes, report, video)")
     return 0

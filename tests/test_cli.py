@@ -157,6 +157,29 @@ def test_unwritable_out_is_refused(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("command", [["protosac-train"], ["protosac-viz"],
+                                     ["-m", "protosac_jax"]])
+def test_installed_entry_points(tmp_path, command):
+    """The console scripts of the installed package and `python -m protosac_jax` are the same
+    commands as train.py / viz.py (help, and a bad flag: one line, exit 2)."""
+    if command[0].startswith("protosac-"):
+        script = Path(sys.executable).parent / command[0]
+        assert script.is_file(), f"{script} not installed (pip install -e .)"
+        argv = [str(script)]
+    else:
+        argv = [sys.executable, *command]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([*argv, "--help"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=300)
+    assert proc.returncode == 0 and ("--ckpt" if "viz" in command[0] else "--num-seeds") \
+        in proc.stdout
+    bad = ["--episodes", "0", "--ckpt", "x"] if "viz" in command[0] else ["--gamma", "1.5"]
+    proc = subprocess.run([*argv, *bad], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=300)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_help_lists_envs():
     proc = run_cli("--help")
     assert proc.returncode == 0
@@ -171,6 +194,7 @@ def test_real_short_run_writes_a_loadable_run_directory(tmp_path):
                    "--projection-every", "400", "--out", str(out), "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "final eval return" in proc.stdout
+    assert f"next: python viz.py --ckpt {out}" in proc.stdout  # what to run next
     for name in ("config.json", "metrics.jsonl", "summary.json", "ckpt/latest/1500/meta/metadata",
                  "ckpt/latest/1500/learner", "ckpt/latest/1500/buffer", "prototypes.png"):
         assert (out / name).exists(), name
