@@ -53,6 +53,8 @@ def resolve_name(name: str, backend: str = "auto") -> str:
     canonical = ALIASES.get(name.lower())
     if canonical is not None:
         return GYMNAX_ENVS[canonical][0] if backend == "gymnasium" else canonical
+    if ":" in name:  # Gymnasium's convention for your own envs: "my_pkg.envs:MyEnv-v0"
+        return _own_gym_id(name)
     if "-v" in name:
         from protosac_jax.envs.gym_envs import gym_ids
 
@@ -72,6 +74,28 @@ def resolve_name(name: str, backend: str = "auto") -> str:
     raise EnvError(f"unknown env {name!r}; available: {', '.join(SUPPORTED)} (gymnax), "
                    f"{', '.join(brax_env_names())} (MJX), or a Gymnasium id such as "
                    "Hopper-v5")
+
+
+def _own_gym_id(name: str) -> str:
+    """`module:EnvId`: import the module (which registers the id, as gymnasium.make does)
+    and check the id; the whole string is the run's env name, so resume, load and viz.py
+    import the module again."""
+    import importlib
+
+    from protosac_jax.envs.gym_envs import gym_ids
+
+    module, _, env_id = name.partition(":")
+    if not module or not env_id:
+        raise EnvError(f"--env {name!r}: expected MODULE:ENV_ID (e.g. my_pkg.envs:MyEnv-v0)")
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - any failure of the user's module: one line
+        raise EnvError(f"--env {name}: cannot import {module} "
+                       f"({type(err).__name__}: {err})") from None
+    if env_id not in gym_ids():
+        raise EnvError(f"--env {name}: importing {module} registered no Gymnasium id "
+                       f"{env_id!r}")
+    return name
 
 
 def resolve_index(index: int, backend: str = "auto") -> str:

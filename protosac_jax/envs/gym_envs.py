@@ -130,7 +130,17 @@ class GymEnv:
 @functools.lru_cache(maxsize=None)
 def _spec(env_id: str, frame_stack: int, action_repeat: int) -> EnvSpec:
     gym = _gym()
-    if env_id not in gym.envs.registry:
+    registered = env_id
+    if ":" in env_id:  # "my_pkg.envs:MyEnv-v0": the module registers the id when imported
+        import importlib
+
+        module, _, registered = env_id.partition(":")
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # noqa: BLE001 - the user's module: one line
+            raise EnvError(f"cannot import {module} for {env_id} "
+                           f"({type(err).__name__}: {err})") from None
+    if registered not in gym.envs.registry:
         raise EnvError(f"unknown env {env_id!r} (not a registered Gymnasium id)")
     try:
         env = GymEnv(env_id, frame_stack, action_repeat).make()
