@@ -1,7 +1,9 @@
 """viz.py: grids of real rendered states, action plots, explained videos, the HTML report,
 train.py --video-every, baseline runs and bad input."""
 
+import html as html_lib
 import json
+import re
 import shutil
 import subprocess
 
@@ -154,22 +156,72 @@ CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "goog
                  if shutil.which(n)), None)
 
 
+# What a person would see, measured in the page after it loaded: appended to a copy of the
+# report, it writes its findings into <pre id="browser-check"> for --dump-dom.
+_PAGE_CHECK = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const shown = imgs.filter(i => i.complete && i.naturalWidth > 0 &&
+                                 i.getBoundingClientRect().width > 0);
+  const usage = document.getElementById('usage');
+  const table = usage && usage.nextElementSibling && usage.parentElement.querySelector(
+      '#usage ~ table');
+  const body = getComputedStyle(document.body);
+  const out = {images: imgs.length, shown: shown.length,
+               broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt),
+               usage_rows: table ? table.rows.length : 0,
+               prototype_images: imgs.filter(i => /^p\\d+ prototype state$/.test(i.alt)).length,
+               scroll_width: document.documentElement.scrollWidth,
+               viewport: window.innerWidth, font_px: parseFloat(body.fontSize)};
+  const pre = document.createElement('pre');
+  pre.id = 'browser-check';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium(*args, timeout=120):
+    # the flags a closed network needs (no background connections, no first-run work)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update",
+             "--disable-sync"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt install "
-                    "chromium); the report's browser check needs it")
+                    "chromium; .ci/run installs it); the report's browser check needs it")
 def test_report_renders_in_headless_chromium(pendulum_run, tmp_path):
+    """report.html as a reader opens it, at a laptop width (1366 px): every image decodes
+    and is laid out, the prototype usage table is there, nothing overflows sideways."""
     out = tmp_path / "viz"
     proc = run_cli("--ckpt", str(pendulum_run), "--out", str(out), "--episodes", "1",
                    "--no-video", script="viz.py")
     assert proc.returncode == 0
+    page = tmp_path / "checked.html"
+    html = (out / "report.html").read_text()
+    page.write_text(html.replace("</body>", _PAGE_CHECK + "</body>") if "</body>" in html
+                    else html + _PAGE_CHECK)
+    dom = _chromium("--window-size=1366,768", "--virtual-time-budget=10000",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri())
+    found = re.search(r'<pre id="browser-check">(.*?)</pre>', dom.stdout, re.S)
+    assert found, dom.stderr[-2000:]
+    seen = json.loads(html_lib.unescape(found.group(1)))
+    agent_k = json.loads((pendulum_run / "config.json").read_text())["proto"]["num_prototypes"]
+    assert seen["broken"] == [] and seen["images"] >= 3
+    assert seen["shown"] == seen["images"]  # every image decoded and laid out
+    assert seen["prototype_images"] >= 1
+    assert seen["usage_rows"] >= 2  # header + at least one prototype
+    assert seen["usage_rows"] <= agent_k + 1
+    assert seen["scroll_width"] <= seen["viewport"] and seen["font_px"] >= 12
     shot = tmp_path / "report.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                    f"--screenshot={shot}", "--window-size=1280,2000",
-                    (out / "report.html").as_uri()], check=True, timeout=120,
-                   capture_output=True)
+    _chromium(f"--screenshot={shot}", "--window-size=1366,2000",
+              f"--user-data-dir={tmp_path / 'profile2'}", (out / "report.html").as_uri())
     from PIL import Image
 
     image = np.asarray(Image.open(shot).convert("RGB"))
-    assert image.shape[0] >= 1000 and image.std() > 20  # the page drew images, not a blank
+    assert image.shape[1] == 1366 and image.std() > 20  # the page drew images, not a blank
 
 
 def _deterministic_rollout(agent, seed=0):
