@@ -135,6 +135,9 @@ def build_parser() -> OneLineParser:
       "environment, e.g. on SLURM/TPU pods); all hosts' devices form one data-parallel mesh")
     a("--no-progress", action="store_true", help="no progress bar")
     a("--no-tensorboard", action="store_true")
+    a("--wandb", action="store_true",
+      help="also log to Weights & Biases (extra [wandb]; project $WANDB_PROJECT or "
+      "protosac-jax; WANDB_MODE=offline without a network)")
     a("--quiet", action="store_true", help="only the final line")
     return p
 
@@ -148,6 +151,8 @@ def run_flags(args: argparse.Namespace) -> dict:
         out["save_buffer"] = False
     if args.no_tensorboard:
         out["log_tensorboard"] = False
+    if args.wandb:
+        out["log_wandb"] = True
     return out
 
 
@@ -216,7 +221,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 RESUME_FLAGS = {"resume", "total_steps", "episodes", "save_every", "keep_checkpoints",
                 "video_every",
-                "no_save_buffer", "no_progress", "quiet", "no_tensorboard", "distributed"}
+                "no_save_buffer", "no_progress", "quiet", "no_tensorboard", "wandb", "distributed"}
 
 
 def resume_overrides(args: argparse.Namespace, cfg: TrainConfig) -> dict:

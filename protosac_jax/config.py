@@ -136,6 +136,9 @@ class TrainConfig:
     eval_every: int = 2_000
     eval_episodes: int = 10
     log_tensorboard: bool = True
+    # Weights & Biases (--wandb, extra [wandb]): the same `group/name` keys as metrics.jsonl and
+    # TensorBoard, the config logged; WANDB_MODE=offline works without a network.
+    log_wandb: bool = False
     save_every: int = 50_000  # env steps between resumable checkpoints (also saved at the end)
     keep_checkpoints: int = 3  # latest resumable checkpoints kept (plus the best-by-eval policy)
     save_buffer: bool = True  # include the replay buffer (off: resume refills it first)
@@ -276,6 +279,7 @@ DOMAINS: dict[tuple[str, str], tuple[str | None, _Domain]] = {
     ("", "eval_every"): ("--eval-every", _int(1)),
     ("", "eval_episodes"): ("--eval-episodes", _int(1)),
     ("", "log_tensorboard"): ("--no-tensorboard", _bool()),
+    ("", "log_wandb"): ("--wandb", _bool()),
     ("", "save_every"): ("--save-every", _int(1)),
     ("", "keep_checkpoints"): ("--keep-checkpoints", _int(1)),
     ("", "save_buffer"): ("--no-save-buffer", _bool()),
@@ -359,6 +363,12 @@ def validate(cfg: TrainConfig) -> None:
         if not ok:
             raise ConfigError(message)
     update_fraction(cfg)
+    if cfg.log_wandb:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("--wandb needs the wandb package: pip install "
+                              "'protosac-jax[wandb]'")
 
 
 # --------------------------------------------------------------------------- presets
@@ -442,7 +452,7 @@ def _gymnasium_preset(env: str) -> TrainConfig:
 # Fields that may differ when resuming a run (nothing else may: it would change the model or
 # the data it was trained on).
 RESUMABLE_FIELDS = ("total_steps", "save_every", "keep_checkpoints", "save_buffer",
-                    "log_tensorboard", "video_every")
+                    "log_tensorboard", "log_wandb", "video_every")
 
 
 # --------------------------------------------------------------------------- JSON

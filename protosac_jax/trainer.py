@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +127,9 @@ class _Logger:
     traceback and then blocks the training loop forever on its full queue (seen here).
     Here a failed write raises WriteError at the step that failed."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, resumed_at: int = 0):
+    def __init__(self, run_dir: Path, tensorboard: bool, resumed_at: int = 0, wandb=None):
         self.run_dir = run_dir
+        self.wandb = wandb  # a W&B run (`_start_wandb`) or None
         path = run_dir / "metrics.jsonl"
         with writing(path):
             if resumed_at and path.is_file():
@@ -161,15 +163,42 @@ class _Logger:
             with writing(getattr(self.events, "_file_name", self.run_dir / "events.out.*")):
                 self.events.write_event(event)
                 self.events.flush()
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in metrics.items() if v is not None}, step=step)
 
     def close(self) -> None:
         # a file whose last write failed may fail again on close: that was reported already
+        if self.wandb is not None:
+            self.wandb.finish()
         for close in (self.jsonl.close, self.events.close if self.events else None):
             try:
                 if close is not None:
                     close()
             except OSError:
                 pass
+
+
+def _start_wandb(run_dir: Path, root: Path):
+    """A W&B run for `run_dir`: its id is kept in <run>/wandb_id so a resumed run continues
+    the same W&B run; a group's members share the W&B group named after the group."""
+    import wandb
+
+    cfg = config_lib.from_json((run_dir / "config.json").read_text())  # this run's own
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:16]
+    outputs.write_text(id_file, run_id + "\n")
+    member = run_dir != root
+    try:
+        return wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "protosac-jax"), id=run_id,
+            resume="allow", dir=str(run_dir), config=config_lib.to_dict(cfg),
+            name=f"{root.name}/{run_dir.relative_to(root)}" if member else run_dir.name,
+            group=root.name if member else None, reinit="create_new",
+            settings=wandb.Settings(silent=True))
+    except Exception as err:  # noqa: BLE001 - no login, no network, ...: one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"--wandb: cannot start a W&B run ({type(err).__name__}: {first}); "
+                          "without a network use WANDB_MODE=offline") from None
 
 
 class _SignalGuard:
@@ -455,7 +484,8 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
               + (" (resume of a Gymnasium run: episodes in progress restart)"
                  if loop.on_host and start_steps else ""), file=sys.stderr)
     for m in members:
-        m.logger = _Logger(m.run_dir, cfg.log_tensorboard, resumed_at=start_steps)
+        m.logger = _Logger(m.run_dir, cfg.log_tensorboard, resumed_at=start_steps,
+                           wandb=_start_wandb(m.run_dir, root) if cfg.log_wandb else None)
         m.checkpointer = checkpoint.Checkpointer(m.run_dir, keep=cfg.keep_checkpoints)
     t_start = time.perf_counter()
     total = start_steps + sum(chunks) * cfg.num_envs
