@@ -567,29 +567,34 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
                     "alpha": f"{chunk_metrics[0].get('charts/alpha') or float('nan'):.3f}",
                 })
                 trained = bool(chunk_metrics[0]["charts/chunk_updates"])
-                crossed = env_steps // cfg.save_every > (env_steps - steps) // cfg.save_every
-                save_now = last_chunk or crossed or guard.received is not None
                 t_save = time.perf_counter()
                 better = [trained and metrics["eval/return_mean"] is not None
                           and metrics["eval/return_mean"] > m.best_eval
                           for m, metrics in zip(members, chunk_metrics)]
-                saved_ts, saved_unprojected = ts, unprojected
-                if group and (save_now or any(better)):
-                    # one copy to the host, sliced there (not one transfer per member)
-                    saved_ts, saved_unprojected = jax.device_get((ts, unprojected))
+                host = None  # a group's state copied to the host once, sliced there
+
+                def saved(tree_index):
+                    nonlocal host
+                    if not group:
+                        return (ts, unprojected)[tree_index]
+                    if host is None:
+                        host = jax.device_get((ts, unprojected))
+                    return host[tree_index]
+
                 for i, (m, metrics) in enumerate(zip(members, chunk_metrics)):
-                    if not (better[i] or save_now):
-                        continue
-                    eval_return = metrics["eval/return_mean"]
-                    member_ts = pick(saved_ts, i)
                     if better[i]:
-                        m.best_eval = eval_return
-                        m.checkpointer.save_best(member_ts, meta(member_ts, eval_return))
-                    if save_now:
+                        m.best_eval = metrics["eval/return_mean"]
+                        member_ts = pick(saved(0), i)
+                        m.checkpointer.save_best(member_ts, meta(member_ts, m.best_eval))
+                # decided after the best saves: a signal that arrives during them is honoured
+                crossed = env_steps // cfg.save_every > (env_steps - steps) // cfg.save_every
+                if last_chunk or crossed or guard.received is not None:
+                    for i, (m, metrics) in enumerate(zip(members, chunk_metrics)):
+                        member_ts = pick(saved(0), i)
                         m.last_saved = m.checkpointer.save(
-                            member_ts, meta(member_ts, eval_return), cfg.save_buffer,
-                            unprojected=None if unprojected is None
-                            else pick(saved_unprojected, i))
+                            member_ts, meta(member_ts, metrics["eval/return_mean"]),
+                            cfg.save_buffer, unprojected=None if unprojected is None
+                            else pick(saved(1), i))
                 checkpoint_s += time.perf_counter() - t_save
                 if cfg.video_every and \
                         env_steps // cfg.video_every > (env_steps - steps) // cfg.video_every:
