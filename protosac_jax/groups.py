@@ -245,9 +245,7 @@ def _finish(out: Path, results: list[trainer.RunResult]) -> GroupResult:
     group = read_group(out)
     rows = []
     for info, result in zip(group["members"], results):
-        summary = json.loads((result.run_dir / "summary.json").read_text())
-        rows.append({**info, "final_eval": result.final_eval,
-                     "best_eval": summary["best_eval"]})
+        rows.append({**info, "final_eval": result.final_eval, "best_eval": result.best_eval})
     summary = {"members": rows,
                "final_eval": _stats([r["final_eval"] for r in rows]),
                "best_eval": _stats([r["best_eval"] for r in rows])}

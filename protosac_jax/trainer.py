@@ -102,6 +102,7 @@ class RunResult:
     final_eval: float
     history: list[dict[str, Any]]
     state: Any  # final loops.TrainState
+    best_eval: float = -math.inf  # the best evaluation after training began (ckpt/best)
 
 
 def _to_python(metrics: dict[str, Any]) -> dict[str, float]:
@@ -296,9 +297,8 @@ def _last_committed(members, target: Path, finished: bool = False) -> str:
     every member (a lone run has one)."""
     from protosac_jax import checkpoint
 
-    dirs = [m.run_dir if isinstance(m, _Member) else Path(m) for m in members]
-    steps = [set(checkpoint.committed_steps(d)) for d in dirs]
-    common = sorted(set.intersection(*steps), reverse=True) if steps else []
+    steps = [set(checkpoint.committed_steps(m.run_dir)) for m in members]
+    common = sorted(set.intersection(*steps), reverse=True)
     if not common:
         return "no checkpoint was committed"
     if finished:  # training ended and its final step is saved; only the extras failed
@@ -642,5 +642,5 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
             raise WriteError(f"{err}; {_last_committed([m], m.run_dir, finished=True)}") \
                 from None
         results.append(RunResult(run_dir=m.run_dir, final_eval=final_eval, history=m.history,
-                                 state=member_ts))
+                                 state=member_ts, best_eval=m.best_eval))
     return results
