@@ -148,6 +148,8 @@ def _sha256(path: Path) -> str:
 
 
 def _write_manifest(step_dir: Path) -> None:
+    if jax.process_index() != 0:  # multi-process: Orbax committed the step; one writer
+        return
     if not step_dir.is_dir():  # not kept (a best-mode manager drops a step below its best)
         return
     files = {str(p.relative_to(step_dir)): [p.stat().st_size, _sha256(p)]

@@ -131,8 +131,9 @@ def build_parser() -> OneLineParser:
     a("--no-save-buffer", action="store_true",
       help="leave the replay buffer out of checkpoints (resume refills it)")
     a("--distributed", action="store_true",
-      help="multi-host: call jax.distributed.initialize() first (coordinator from the "
-      "environment, e.g. on SLURM/TPU pods); all hosts' devices form one data-parallel mesh")
+      help="multi-process: join the other processes first (jax.distributed.initialize; "
+      "SLURM/TPU pods detected, else $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, "
+      "$JAX_PROCESS_ID); all processes' devices form one data-parallel mesh")
     a("--no-progress", action="store_true", help="no progress bar")
     a("--no-tensorboard", action="store_true")
     a("--wandb", action="store_true",
@@ -243,6 +244,12 @@ def resume_overrides(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     return overrides
 
 
+def jax_process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
 def main(argv=None) -> int:
     from protosac_jax import outputs
     from protosac_jax.checkpoint import CheckpointError
@@ -253,13 +260,17 @@ def main(argv=None) -> int:
 
         args = build_parser().parse_args(argv)
         progress = not (args.no_progress or args.quiet)
-        if args.distributed:
-            import jax
-
-            jax.distributed.initialize()
         from protosac_jax import groups
 
         sweep = config_lib.parse_sweep(args.sweep or [])
+        if args.distributed:
+            if args.num_seeds is not None or sweep or (
+                    args.resume is not None and groups.is_group(args.resume)):
+                raise ConfigError("--distributed trains one data-parallel run; seed groups "
+                                  "and sweeps run on the devices of one process")
+            from protosac_jax import parallel
+
+            parallel.init_distributed()
         if args.resume is not None and groups.is_group(args.resume):
             groups.use_host_cores(len(groups.read_group(args.resume)["members"]))
             cfg = groups.base_config(args.resume)
@@ -311,6 +322,8 @@ def main(argv=None) -> int:
         if not args.quiet:
             print(f"next: python viz.py --curves {result.out}   (learning curves); "
                   f"python viz.py --ckpt {result.members[0].run_dir}   (one member)")
+    elif args.distributed and jax_process_index() != 0:
+        pass  # process 0 reports
     else:
         print(f"done: {cfg.env} {cfg.algo} seed {cfg.seed}: final eval return "
               f"{result.final_eval:.1f} -> {result.run_dir}")

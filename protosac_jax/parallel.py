@@ -13,6 +13,8 @@ runs the same command and the mesh spans all hosts' devices.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -20,6 +22,53 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from protosac_jax.config import ConfigError, TrainConfig
 
 AXIS = "data"
+
+
+def init_distributed() -> None:
+    """`jax.distributed.initialize()` for train.py --distributed. Cluster environments that JAX
+    detects (SLURM, Cloud TPU, Open MPI, Kubernetes) need nothing; elsewhere set
+    JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID
+    (JAX itself reads only the first). Failures become one ConfigError line."""
+    kwargs = {}
+    for var, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        value = os.environ.get(var)
+        if value:
+            try:
+                kwargs[key] = int(value)
+            except ValueError:
+                raise ConfigError(f"--distributed: ${var} must be an integer (got "
+                                  f"{value!r})") from None
+    if len(kwargs) == 1:
+        raise ConfigError("--distributed: set both $JAX_NUM_PROCESSES and $JAX_PROCESS_ID "
+                          "(or neither, on a cluster JAX detects)")
+    if kwargs and not 0 <= kwargs["process_id"] < kwargs["num_processes"]:
+        raise ConfigError(f"--distributed: $JAX_PROCESS_ID must be in 0..{kwargs['num_processes'] - 1}"
+                          f" (got {kwargs['process_id']})")
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--distributed: {first}") from None
+
+
+def is_primary() -> bool:
+    """The process that writes a run's host-side files (process 0; always, on one process)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait for every process (multi-process runs only; a no-op on one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def check_multiprocess(env) -> None:
+    """Multi-process runs train one device env program; host-stepped envs cannot join it."""
+    if jax.process_count() > 1 and getattr(env, "on_host", False):
+        raise ConfigError(f"--distributed: {env.spec.env_id} steps on the host (Gymnasium); "
+                          "multi-process runs need a gymnax or MJX env")
 
 
 def check_divisible(cfg: TrainConfig, num_devices: int | None = None) -> None:

@@ -120,6 +120,16 @@ def _logged_step(line: str) -> int:
         return 0  # not a record of ours: kept
 
 
+class _NoLogger:
+    """The logger of a multi-process run's other processes (process 0 logs)."""
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class _Logger:
     """metrics.jsonl and TensorBoard events, both written synchronously.
 
@@ -321,15 +331,21 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, progress: bool
 
     parallel.check_divisible(cfg)
     env = envs.make_env_for(cfg)
+    parallel.check_multiprocess(env)
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
+    if jax.process_count() > 1 and out is None:
+        raise ConfigError("--distributed needs --out (the same run directory, on storage "
+                          "every process sees)")
     check_writable_dir(run_dir)
+    parallel.barrier("protosac_run_dir_checked")  # every process checked before any writes
     enable_compilation_cache()
     loop = make_loop(cfg, env)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"--out {run_dir}: {err.strerror}") from None
-    outputs.write_text(run_dir / "config.json", config_lib.to_json(cfg))
+    if parallel.is_primary():
+        outputs.write_text(run_dir / "config.json", config_lib.to_json(cfg))
     ts = loops.init_state_jit(loop, jax.random.PRNGKey(cfg.seed))
     return _run(loop, ts, run_dir, progress and not quiet, quiet, refill=False)
 
@@ -347,6 +363,10 @@ def _chunk_runner(loop: loops.Loop, ts):
     mesh = parallel.make_mesh()
     shardings = parallel.state_shardings(ts, mesh, loop.cfg.num_envs)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    if jax.process_count() > 1:
+        # every process holds the whole state (initialised from the same seed, or restored
+        # from the shared checkpoint); from host memory each places its own shards
+        ts = jax.device_get(ts)
     ts = jax.device_put(ts, shardings)
     jitted = jax.jit(loops.run_chunk, static_argnums=(0,), donate_argnums=(1,),
                      in_shardings=(shardings, replicated),
@@ -417,7 +437,10 @@ def resume(run_dir: str | os.PathLike, progress: bool = True, quiet: bool = Fals
     if int(ts.env_steps) >= cfg.total_steps:
         raise ConfigError(f"{run_dir} already has {int(ts.env_steps)} env steps; raise "
                           f"--total-steps above that to continue")
-    outputs.write_text(run_dir / "config.json", config_lib.to_json(cfg))
+    parallel.check_multiprocess(loop.env)
+    parallel.barrier("protosac_resume_restored")  # every process read it before any writes
+    if parallel.is_primary():
+        outputs.write_text(run_dir / "config.json", config_lib.to_json(cfg))
     return _run(loop, ts, run_dir, progress and not quiet, quiet,
                 refill=not meta.get("buffer_saved", True))
 
@@ -452,10 +475,14 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
     group: `ts` stacked over `members`, trained by one vmapped program with each member's
     swept `values` ({name: [G]}); `root` is the directory `--resume` continues (the group's,
     default the lone run's)."""
-    from protosac_jax import checkpoint
+    from protosac_jax import checkpoint, parallel
 
     cfg = loop.cfg
     group = values is not None
+    # multi-process (--distributed): every process runs the program and writes its shards
+    # of each checkpoint; process 0 alone writes the rest (logs, summary, grid, videos)
+    primary = parallel.is_primary()
+    quiet, progress = quiet or not primary, progress and primary
     root = root if root is not None else members[0].run_dir
     pick = (lambda tree, i: loops.group_member(tree, i)) if group else (lambda tree, i: tree)
     lead = (lambda x: x[0]) if group else (lambda x: x)  # a counter: equal in all members
@@ -485,7 +512,8 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
                  if loop.on_host and start_steps else ""), file=sys.stderr)
     for m in members:
         m.logger = _Logger(m.run_dir, cfg.log_tensorboard, resumed_at=start_steps,
-                           wandb=_start_wandb(m.run_dir, root) if cfg.log_wandb else None)
+                           wandb=_start_wandb(m.run_dir, root) if cfg.log_wandb else None) \
+            if primary else _NoLogger()
         m.checkpointer = checkpoint.Checkpointer(m.run_dir, keep=cfg.keep_checkpoints)
     t_start = time.perf_counter()
     total = start_steps + sum(chunks) * cfg.num_envs
@@ -596,7 +624,7 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
                             cfg.save_buffer, unprojected=None if unprojected is None
                             else pick(saved(1), i))
                 checkpoint_s += time.perf_counter() - t_save
-                if cfg.video_every and \
+                if primary and cfg.video_every and \
                         env_steps // cfg.video_every > (env_steps - steps) // cfg.video_every:
                     for i, m in enumerate(members):
                         if m.video_ok:
@@ -623,6 +651,11 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
     for i, m in enumerate(members):
         final_eval = m.history[-1]["eval/return_mean"]
         member_ts = pick(ts, i)
+        if not primary:
+            results.append(RunResult(run_dir=m.run_dir, final_eval=final_eval,
+                                     history=m.history, state=member_ts,
+                                     best_eval=m.best_eval))
+            continue
         try:
             outputs.write_text(m.run_dir / "summary.json", json.dumps({
                 "env_steps": env_steps, "updates": updates, "final_eval": final_eval,
