@@ -15,10 +15,27 @@ from protosac_jax.envs import EnvError, make_env
 __version__ = "0.1.0"
 
 
-def train(cfg: TrainConfig, out=None, progress: bool = True, quiet: bool = False):
-    """Train a run (see protosac_jax.trainer.train)."""
+def train(cfg: TrainConfig | None = None, out=None, progress: bool = True, quiet: bool = False,
+          env=None):
+    """Train a run (see protosac_jax.trainer.train).
+
+    `env` (optional) replaces `cfg.env`: an env name or Gymnasium id, `"MODULE:NAME"`, or
+    your own env's class, zero-argument factory or module-level instance (a Gymnasium env
+    class/factory, a gymnax-style or a brax-style env; see protosac_jax.envs.objects). The run
+    records it as `MODULE:NAME`, so resume, load and viz.py rebuild it. Without `cfg` the
+    env's preset is used."""
+    import dataclasses
+
     from protosac_jax.trainer import train as _train
 
+    if env is not None:
+        from protosac_jax import envs
+        from protosac_jax.envs import objects
+
+        name = envs.resolve_name(objects.reference_of(env))
+        cfg = preset(name) if cfg is None else dataclasses.replace(cfg, env=name)
+    if cfg is None:
+        raise ConfigError("train() needs a TrainConfig or an env")
     return _train(cfg, out=out, progress=progress, quiet=quiet)
 
 

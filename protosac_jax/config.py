@@ -380,6 +380,14 @@ def preset(env: str) -> TrainConfig:
     """Defaults tuned per env; flags override individual fields afterwards."""
     if env in GYMNASIUM_TWINS:  # same settings as the gymnax twin, on the Gymnasium env
         return dataclasses.replace(preset(GYMNASIUM_TWINS[env]), env=env)
+    if ":" in env:  # your own env: MODULE:ID (Gymnasium) or MODULE:NAME (envs/objects.py)
+        from protosac_jax import envs
+
+        kind = envs.object_kind(env)
+        if kind == "gymnax":  # classic-control scale: the pendulum preset's settings
+            return dataclasses.replace(preset("pendulum"), env=env)
+        if kind is None or kind == "gymnasium":
+            return _gymnasium_preset(env)
     if "-v" in env:
         return _gymnasium_preset(env)
     if env == "pendulum":

@@ -148,6 +148,11 @@ class FrameSource:
         if spec.name in DRAWERS:
             self._renderer = _MatplotlibStateRenderer(DRAWERS[spec.name], size)
             self._kind = "state"
+        elif spec.backend in ("gymnax", "brax") and ":" in spec.name:
+            from protosac_jax.envs import objects  # your own env object: its own render()
+
+            self._renderer = objects.EnvRenderer(spec.name, size)
+            self._kind = "state"
         elif spec.backend == "mjx":
             self._renderer = _MjxStateRenderer(spec.name, size)
             self._kind = "state"

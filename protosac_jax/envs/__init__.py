@@ -92,10 +92,15 @@ def _own_gym_id(name: str) -> str:
     except Exception as err:  # noqa: BLE001 - any failure of the user's module: one line
         raise EnvError(f"--env {name}: cannot import {module} "
                        f"({type(err).__name__}: {err})") from None
-    if env_id not in gym_ids():
-        raise EnvError(f"--env {name}: importing {module} registered no Gymnasium id "
-                       f"{env_id!r}")
-    return name
+    if env_id in gym_ids():
+        return name
+    from protosac_jax.envs import objects
+
+    if objects.is_reference(name):  # a class, factory or instance in the module
+        objects.kind(name)  # validates now: one line if it is not an env
+        return name
+    raise EnvError(f"--env {name}: importing {module} registered no Gymnasium id "
+                   f"{env_id!r}")
 
 
 def resolve_index(index: int, backend: str = "auto") -> str:
@@ -115,7 +120,28 @@ def canonical_name(name: str) -> str:
     return name if name in TWIN_IDS else resolve_name(name)
 
 
+def object_kind(name: str) -> str | None:
+    """gymnasium | gymnax | brax for a `MODULE:NAME` env object (envs/objects.py), else None
+    (our names, Gymnasium ids, and `MODULE:ID` Gymnasium ids)."""
+    from protosac_jax.envs import objects
+
+    if not objects.is_reference(name):
+        return None
+    import importlib
+
+    from protosac_jax.envs.gym_envs import gym_ids
+
+    module, _, attr = name.partition(":")
+    try:
+        importlib.import_module(module)  # registers its Gymnasium ids, if it has any
+    except Exception:  # noqa: BLE001 - objects.kind reports it in one line
+        return objects.kind(name)
+    return None if attr in gym_ids() else objects.kind(name)
+
+
 def is_gymnasium(name: str) -> bool:
+    if ":" in name and object_kind(name) is not None:
+        return object_kind(name) == "gymnasium"
     return "-v" in name and (name in TWIN_IDS or ALIASES.get(name.lower()) is None)
 
 
@@ -124,6 +150,13 @@ def make_env(name: str, frame_stack: int = 1, action_repeat: int = 1):
     (gymnax/MJX) or a GymEnv. The exact twin ids ("Pendulum-v1") are the Gymnasium envs;
     the lower-case aliases ("pendulum", "pendulum-v1") the gymnax ones."""
     canonical = canonical_name(name)
+    kind = object_kind(canonical) if ":" in canonical else None
+    if kind is not None and kind != "gymnasium":
+        if frame_stack != 1 or action_repeat != 1:
+            raise EnvError("--frame-stack/--action-repeat apply to Gymnasium envs only")
+        from protosac_jax.envs import objects
+
+        return objects.make(canonical)
     if is_gymnasium(canonical):
         from protosac_jax.envs.gym_envs import GymEnv
 
