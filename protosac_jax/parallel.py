@@ -42,8 +42,9 @@ def init_distributed() -> None:
         raise ConfigError("--distributed: set both $JAX_NUM_PROCESSES and $JAX_PROCESS_ID "
                           "(or neither, on a cluster JAX detects)")
     if kwargs and not 0 <= kwargs["process_id"] < kwargs["num_processes"]:
-        raise ConfigError(f"--distributed: $JAX_PROCESS_ID must be in 0..{kwargs['num_processes'] - 1}"
-                          f" (got {kwargs['process_id']})")
+        last = kwargs["num_processes"] - 1
+        raise ConfigError(f"--distributed: $JAX_PROCESS_ID must be in 0..{last} (got "
+                          f"{kwargs['process_id']})")
     try:
         jax.distributed.initialize(**kwargs)
     except (ValueError, RuntimeError) as err:
