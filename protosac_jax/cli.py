@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from protosac_jax import config as config_lib
@@ -244,6 +245,13 @@ def resume_overrides(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     return overrides
 
 
+def _viz_command() -> str:
+    """How this user starts the viewer: the console script when trained through one (an
+    installed package has no viz.py), else viz.py."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "protosac-viz" if name.startswith("protosac-") else "python viz.py"
+
+
 def jax_process_index() -> int:
     import jax
 
@@ -320,13 +328,14 @@ def main(argv=None) -> int:
               f"mean {evals['mean']:.1f}, min {evals['min']:.1f} -> {result.out} "
               "(seeds.json)")
         if not args.quiet:
-            print(f"next: python viz.py --curves {result.out}   (learning curves); "
-                  f"python viz.py --ckpt {result.members[0].run_dir}   (one member)")
+            print(f"next: {_viz_command()} --curves {result.out}   (learning curves); "
+                  f"{_viz_command()} --ckpt {result.members[0].run_dir}   (one member)")
     elif args.distributed and jax_process_index() != 0:
         pass  # process 0 reports
     else:
         print(f"done: {cfg.env} {cfg.algo} seed {cfg.seed}: final eval return "
               f"{result.final_eval:.1f} -> {result.run_dir}")
         if not args.quiet:
-            print(f"next: python viz.py --ckpt {result.run_dir}   (prototypes, report, video)")
+            print(f"next: {_viz_command()} --ckpt {result.run_dir}   (prototypes, report, "
+                  "video)")
     return 0
