@@ -92,6 +92,11 @@ def build_parser() -> OneLineParser:
     a("--constraint-share", type=float,
       help="share of the batch (its most blended states) the learned temperature and spread "
       "penalty hold at their targets (default 0.25; 1 = the batch mean)")
+    a("--recent-share", type=float,
+      help="prototype states: share of the k-means candidates drawn from the newest "
+      "--recent-window of the buffer (default 0 = uniform over the buffer)")
+    a("--recent-window", type=float,
+      help="newest share of the buffer's rows --recent-share draws from (default 0.2)")
     a("--normalize-latent", type=parse_bool,
       help="unit-length latents and prototypes (True/False; default True)")
     a("--distribution", choices=["blend", "mixture"])
@@ -188,6 +193,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("target_weight_entropy", "target_weight_entropy"),
                         ("target_action_spread", "target_action_spread"),
                         ("constraint_share", "constraint_share"),
+                        ("recent_share", "recent_share"), ("recent_window", "recent_window"),
                         ("normalize_latent", "normalize_latent"),
                         ("projection_every", "projection_every"), ("proto_init", "init"),
                         ("weight_entropy_coef", "weight_entropy_coef"),

@@ -103,6 +103,11 @@ class PrototypeConfig:
     init: str = "random"
     kmeans_samples: int = 4096
     kmeans_iters: int = 25
+    # Source "states": share of the k-means candidates drawn from the newest `recent_window`
+    # of the valid buffer rows (the rest uniformly from all of them), so the states chosen at
+    # a projection, and at the final one, are where the current policy goes. 0 = uniform.
+    recent_share: float = 0.0
+    recent_window: float = 0.2
     init_log_std: float = 0.0
     log_std_min: float = -5.0
     log_std_max: float = 2.0
@@ -324,6 +329,8 @@ DOMAINS: dict[tuple[str, str], tuple[str | None, _Domain]] = {
     ("proto", "init"): ("--proto-init", _choice("random", "kmeans")),
     ("proto", "kmeans_samples"): (None, _int(1)),
     ("proto", "kmeans_iters"): (None, _int(0)),
+    ("proto", "recent_share"): ("--recent-share", _real(0.0, 1.0)),
+    ("proto", "recent_window"): ("--recent-window", _real(0.0, 1.0, low_open=True)),
     ("proto", "init_log_std"): (None, _real()),
     ("proto", "log_std_min"): (None, _real()),
     ("proto", "log_std_max"): (None, _real()),
@@ -517,7 +524,8 @@ SWEEPABLE: dict[str, str] = {
     "temperature": "proto", "target_weight_entropy": "proto",
     "target_action_spread": "proto", "ortho_coef": "proto", "weight_entropy_coef": "proto",
     "usage_entropy_coef": "proto", "proximity_coef": "proto", "log_eps": "proto",
-    "refit_ridge": "proto", "init_log_std": "proto",
+    "refit_ridge": "proto", "init_log_std": "proto", "recent_share": "proto",
+    "recent_window": "proto",
 }
 
 

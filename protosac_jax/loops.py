@@ -219,7 +219,9 @@ def project(loop: Loop, ts: TrainState) -> TrainState:
             loop.actor, ts.learner.actor_params, obs, render, size, key,
             ts.learner.num_updates, jnp.min(ts.provenance.update_step) < 0,
             proto_cfg.projection_chunk, obs_transform=transform,
-            refit=proto_cfg.refit_samples > 0)
+            refit=proto_cfg.refit_samples > 0,
+            newest=None if loop.spec.uses_reservoir  # a reservoir keeps no time order
+            else jnp.mod(ts.buffer.insert_position - 1, ts.buffer.capacity))
     else:
         refit_obs = None
         if proto_cfg.refit_samples > 0:  # states on which the policy is preserved

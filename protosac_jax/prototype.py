@@ -591,9 +591,27 @@ def project_prototypes(actor: ProtoActor, params, buffer_obs, buffer_render, siz
     return new_params, provenance
 
 
+def candidate_rows(key, count: int, size, newest=None, recent_share=0.0,
+                   recent_window=0.2):
+    """`count` buffer rows for k-means: uniform over the `size` valid rows, except that each
+    is drawn with probability `recent_share` from the newest `recent_window` of them (`newest`
+    is the row written last; a ring buffer wraps). Shares may be traced (--sweep)."""
+    size = jnp.maximum(size, 1)
+    # the uniform rows from `key` itself: share 0 (also a swept, traced 0) draws exactly the
+    # rows of the plain uniform selection
+    uniform = jax.random.randint(key, (count,), 0, size)
+    k_recent, k_pick = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
+    if newest is None:
+        return uniform
+    window = jnp.maximum(1, jnp.floor(recent_window * size).astype(jnp.int32))
+    back = jax.random.randint(k_recent, (count,), 0, window)
+    recent = jnp.mod(newest - back, size)  # rows [0, size) are valid; full: the whole ring
+    return jnp.where(jax.random.uniform(k_pick, (count,)) < recent_share, recent, uniform)
+
+
 def select_prototype_states(actor: ProtoActor, params, cand_obs, cand_render, size, key,
                             update_step, first, chunk: int = 4096, obs_transform=None,
-                            refit: bool = True) -> tuple[Any, Provenance]:
+                            refit: bool = True, newest=None) -> tuple[Any, Provenance]:
     """Source "states": re-choose the real state x_k behind every prototype p_k = f(x_k).
 
     `kmeans_samples` candidate rows are drawn uniformly and encoded; Lloyd's k-means in
@@ -608,7 +626,11 @@ def select_prototype_states(actor: ProtoActor, params, cand_obs, cand_render, si
     cfg = actor.cfg
     chunk = max(1, min(chunk, cfg.kmeans_samples))
     blocks = -(-cfg.kmeans_samples // chunk)
-    ids = jax.random.randint(key, (blocks * chunk,), 0, jnp.maximum(size, 1))
+    if newest is None or (isinstance(cfg.recent_share, float) and cfg.recent_share == 0.0):
+        ids = jax.random.randint(key, (blocks * chunk,), 0, jnp.maximum(size, 1))
+    else:
+        ids = candidate_rows(key, blocks * chunk, size, newest, cfg.recent_share,
+                             cfg.recent_window)
     rows = transform(cand_obs[ids])
     latents = jax.lax.map(lambda block: actor.encode(params, block),
                           rows.reshape((blocks, chunk) + rows.shape[1:]))

@@ -39,15 +39,13 @@ def _two_processes(args):
         procs.append(subprocess.Popen([sys.executable, "train.py", *args, "--distributed"],
                                       cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
-    outs = []
-    for proc in procs:
-        try:
-            out, err = proc.communicate(timeout=600)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-        outs.append((proc.returncode, out, err))
+    try:
+        outs = [(*proc.communicate(timeout=600), proc) for proc in procs]
+    finally:  # only a timeout or an error here leaves one running
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    outs = [(proc.returncode, out, err) for out, err, proc in outs]
     for rank, (code, out, err) in enumerate(outs):
         assert code == 0, f"process {rank}: {err}"
     return outs

@@ -455,3 +455,23 @@ def test_decide_top1_acts_as_the_top_prototype_and_mean_as_the_blend():
     # "auto" is the original: the blend's mean, a mixture's top component
     assert not _states_actor(decide="auto").decides_top1
     assert _states_actor(decide="auto", distribution="mixture").decides_top1
+
+
+def test_candidate_rows_draw_the_recent_share_from_the_newest_rows():
+    from protosac_jax.prototype import candidate_rows
+
+    key = jax.random.PRNGKey(0)
+    # a buffer of 1000 valid rows, not yet wrapped: the newest 20% are rows 800..999
+    rows = np.asarray(candidate_rows(key, 20_000, 1000, 999, 1.0, 0.2))
+    assert rows.min() == 800 and rows.max() == 999
+    rows = np.asarray(candidate_rows(key, 20_000, 1000, 999, 0.5, 0.2))
+    recent = (rows >= 800).mean()
+    assert 0.55 < recent < 0.65  # half drawn from the window, plus uniform ones landing there
+    # a full ring of 1000 rows whose last write was row 99: the newest 200 wrap around
+    rows = np.asarray(candidate_rows(key, 20_000, 1000, 99, 1.0, 0.2))
+    assert set(np.unique(rows)) == set(range(0, 100)) | set(range(900, 1000))
+    uniform = np.asarray(candidate_rows(key, 20_000, 1000, 99, 0.0, 0.2))
+    assert uniform.min() == 0 and uniform.max() == 999 and abs(uniform.mean() - 499.5) < 10
+    # share 0 (e.g. a swept, traced 0) draws the plain uniform selection's rows
+    plain = jax.random.randint(key, (20_000,), 0, 1000)
+    np.testing.assert_array_equal(uniform, np.asarray(plain))
