@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -108,8 +109,8 @@ def reference_of(env) -> str:
         module, name = env.__module__, env.__qualname__
     else:
         module, name = type(env).__module__, None
-        found = [k for k, v in vars(importlib.import_module(module)).items() if v is env] \
-            if module in __import__("sys").modules else []
+        found = [k for k, v in vars(sys.modules[module]).items() if v is env] \
+            if module in sys.modules else []
         if found:
             name = found[0]
     if name is None or "<" in name or module == "__main__":
