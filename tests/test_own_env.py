@@ -2,7 +2,8 @@
 
 The module (tests/data/tiny_point_env.py, copied into a package on PYTHONPATH) registers its
 id when imported, as gymnasium.make("module:Id") expects; train.py, viz.py and --resume import
-it again from the env name saved in config.json.
+it again from the env name saved in config.json. Env objects (`--env my_pkg.objects:NAME`,
+`train(cfg, env=...)`; tests/data/tiny_object_envs.py) the same way.
 """
 
 import json
@@ -29,27 +30,29 @@ def _cli_code(code, *args, pythonpath):
                           capture_output=True, text=True, timeout=600)
 
 
+def _draws_explains_resumes(run, site, episodes, resume_to):
+    """What every own env must do after training: a drawn grid (the env's own render()),
+    viz.py's report and `--resume` (each imports the user's module again)."""
+    assert (run / "prototypes.png").stat().st_size > 10_000  # drawn, not blank
+    proc = _cli("viz.py", "--ckpt", str(run), "--no-video", "--episodes", str(episodes),
+                pythonpath=site)
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "viz" / "report.html").is_file()
+    proc = _cli("train.py", "--resume", str(run), "--total-steps", str(resume_to),
+                "--no-progress", pythonpath=site)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / "summary.json").read_text())["env_steps"] == resume_to
+
+
 def test_own_gymnasium_env_trains_draws_resumes(tmp_path):
-    package = tmp_path / "site" / "my_pkg"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    shutil.copy(ROOT / "tests" / "data" / "tiny_point_env.py", package / "envs.py")
-    site, run = tmp_path / "site", tmp_path / "run"
+    site, run = _site(tmp_path), tmp_path / "run"
     proc = _cli("train.py", "--env", "my_pkg.envs:Point-v0", "--total-steps", "1000",
                 "--learning-starts", "400", "--eval-every", "500", "--eval-episodes", "2",
                 "--out", str(run), "--no-progress", pythonpath=site)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((run / "config.json").read_text())["env"] == "my_pkg.envs:Point-v0"
-    # prototypes drawn with the env's own render(): frames captured while training
-    assert (run / "prototypes.png").stat().st_size > 10_000
-    proc = _cli("viz.py", "--ckpt", str(run), "--no-video", "--episodes", "2",
-                pythonpath=site)
-    assert proc.returncode == 0, proc.stderr
-    assert (run / "viz" / "report.html").is_file()
-    proc = _cli("train.py", "--resume", str(run), "--total-steps", "1500", "--no-progress",
-                pythonpath=site)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads((run / "summary.json").read_text())["env_steps"] == 1500
+    # prototypes from frames captured while training
+    _draws_explains_resumes(run, site, episodes=2, resume_to=1500)
     # a module that does not import, or registers another id: one line, exit 2
     for env, needle in [("no_such_pkg:Point-v0", "cannot import no_such_pkg"),
                         ("my_pkg.envs:Other-v0", "registered no Gymnasium id 'Other-v0'")]:
@@ -85,14 +88,7 @@ def test_own_env_object_trains_draws_resumes(tmp_path, name, backend, steps):
     assert json.loads((run / "config.json").read_text())["env"] == ref
     meta = json.loads(next((run / "ckpt" / "latest").glob("*/meta/metadata")).read_text())
     assert meta["spec"]["backend"] == backend and meta["spec"]["episode_length"] == steps
-    assert (run / "prototypes.png").stat().st_size > 10_000  # drawn, not blank
-    proc = _cli("viz.py", "--ckpt", str(run), "--no-video", "--episodes", "1", pythonpath=site)
-    assert proc.returncode == 0, proc.stderr
-    assert (run / "viz" / "report.html").is_file()
-    proc = _cli("train.py", "--resume", str(run), "--total-steps", "900", "--no-progress",
-                pythonpath=site)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads((run / "summary.json").read_text())["env_steps"] == 900
+    _draws_explains_resumes(run, site, episodes=1, resume_to=900)
 
 
 OBJECT_API_SCRIPT = """

@@ -80,22 +80,15 @@ def _own_gym_id(name: str) -> str:
     """`module:EnvId`: import the module (which registers the id, as gymnasium.make does)
     and check the id; the whole string is the run's env name, so resume, load and viz.py
     import the module again."""
-    import importlib
-
+    from protosac_jax.envs import objects
     from protosac_jax.envs.gym_envs import gym_ids
 
     module, _, env_id = name.partition(":")
     if not module or not env_id:
         raise EnvError(f"--env {name!r}: expected MODULE:ENV_ID (e.g. my_pkg.envs:MyEnv-v0)")
-    try:
-        importlib.import_module(module)
-    except Exception as err:  # noqa: BLE001 - any failure of the user's module: one line
-        raise EnvError(f"--env {name}: cannot import {module} "
-                       f"({type(err).__name__}: {err})") from None
+    objects.import_module_of(name)
     if env_id in gym_ids():
         return name
-    from protosac_jax.envs import objects
-
     if objects.is_reference(name):  # a class, factory or instance in the module
         objects.kind(name)  # validates now: one line if it is not an env
         return name
@@ -125,23 +118,13 @@ def object_kind(name: str) -> str | None:
     (our names, Gymnasium ids, and `MODULE:ID` Gymnasium ids)."""
     from protosac_jax.envs import objects
 
-    if not objects.is_reference(name):
-        return None
-    import importlib
-
-    from protosac_jax.envs.gym_envs import gym_ids
-
-    module, _, attr = name.partition(":")
-    try:
-        importlib.import_module(module)  # registers its Gymnasium ids, if it has any
-    except Exception:  # noqa: BLE001 - objects.kind reports it in one line
-        return objects.kind(name)
-    return None if attr in gym_ids() else objects.kind(name)
+    return objects.kind(name) if objects.is_object(name) else None
 
 
 def is_gymnasium(name: str) -> bool:
-    if ":" in name and object_kind(name) is not None:
-        return object_kind(name) == "gymnasium"
+    kind = object_kind(name) if ":" in name else None
+    if kind is not None:
+        return kind == "gymnasium"
     return "-v" in name and (name in TWIN_IDS or ALIASES.get(name.lower()) is None)
 
 

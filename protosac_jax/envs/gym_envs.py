@@ -29,6 +29,7 @@ import warnings
 
 import numpy as np
 
+from protosac_jax.envs import objects
 from protosac_jax.envs.base import FRAME_SHAPE, EnvError, EnvSpec, rescale_actions
 
 
@@ -95,22 +96,14 @@ def wrap_frame_stack(env, k: int):
     return FrameStack(env)
 
 
-def _is_reference(env_id: str) -> bool:
-    """A Gymnasium env class or factory named MODULE:NAME (envs/objects.py), not an id."""
-    from protosac_jax.envs import objects
-
-    return objects.is_reference(env_id) and env_id.partition(":")[2] not in gym_ids()
-
-
 # Episodes of a referenced env without its own time limit are cut here (as gymnasium.make
 # does for registered ids with max_episode_steps)
 DEFAULT_TIME_LIMIT = 1000
 
 
 def _make_reference(env_id: str, kwargs: dict):
+    """A Gymnasium env from its class or factory (envs/objects.py), called with `kwargs`."""
     from gymnasium.wrappers import TimeLimit
-
-    from protosac_jax.envs import objects
 
     env = objects.target(env_id)(**kwargs)
     if env.spec is None or env.spec.max_episode_steps is None:
@@ -138,7 +131,7 @@ class GymEnv:
             kwargs["render_mode"] = "rgb_array"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            env = _make_reference(self.env_id, kwargs) if _is_reference(self.env_id) \
+            env = _make_reference(self.env_id, kwargs) if objects.is_object(self.env_id) \
                 else gym.make(self.env_id, **kwargs)
         if self.action_repeat > 1:
             env = wrap_action_repeat(env, self.action_repeat)
@@ -164,7 +157,7 @@ def _spec(env_id: str, frame_stack: int, action_repeat: int) -> EnvSpec:
         except Exception as err:  # noqa: BLE001 - the user's module: one line
             raise EnvError(f"cannot import {module} for {env_id} "
                            f"({type(err).__name__}: {err})") from None
-    if registered not in gym.envs.registry and not _is_reference(env_id):
+    if registered not in gym.envs.registry and not objects.is_object(env_id):
         raise EnvError(f"unknown env {env_id!r} (not a registered Gymnasium id)")
     try:
         env = GymEnv(env_id, frame_stack, action_repeat).make()

@@ -37,15 +37,33 @@ def is_reference(name: str) -> bool:
     return bool(sep and module and attr) and all(p.isidentifier() for p in attr.split("."))
 
 
+def import_module_of(ref: str):
+    """Import MODULE of `MODULE:...` (which registers its Gymnasium ids, if it has any); any
+    failure of the user's module is one EnvError line."""
+    module = ref.partition(":")[0]
+    try:
+        return importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - any failure of the user's module: one line
+        raise EnvError(f"--env {ref}: cannot import {module} ({type(err).__name__}: "
+                       f"{err})") from None
+
+
+def is_object(name: str) -> bool:
+    """`MODULE:NAME` naming a Python object, not a Gymnasium id that MODULE registers
+    (imports MODULE)."""
+    if not is_reference(name):
+        return False
+    import_module_of(name)
+    from protosac_jax.envs.gym_envs import gym_ids
+
+    return name.partition(":")[2] not in gym_ids()
+
+
 @functools.lru_cache(maxsize=None)
 def target(ref: str):
     """The object `MODULE:NAME` names (imported once)."""
     module, _, attr = ref.partition(":")
-    try:
-        obj = importlib.import_module(module)
-    except Exception as err:  # noqa: BLE001 - any failure of the user's module: one line
-        raise EnvError(f"--env {ref}: cannot import {module} ({type(err).__name__}: "
-                       f"{err})") from None
+    obj = import_module_of(ref)
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise EnvError(f"--env {ref}: {module} has no {attr!r} (neither a registered "
@@ -273,5 +291,5 @@ def make(ref: str):
     return gymnax_cls(ref) if kind_ == "gymnax" else brax_cls(ref)
 
 
-__all__ = ["KINDS", "is_reference", "target", "instance", "kind", "reference_of",
+__all__ = ["KINDS", "is_reference", "import_module_of", "is_object", "target", "instance", "kind", "reference_of",
            "gymnax_spec", "brax_spec", "EnvRenderer", "make"]
