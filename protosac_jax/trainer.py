@@ -3,7 +3,7 @@
 Run directory (default `checkpoints/<env>-<algo>-<seed>-<timestamp>/`):
   config.json        the TrainConfig (read back by `resume` and `load`)
   metrics.jsonl      one line per chunk, `group/name` metric keys
-  events.out.*       TensorBoard (tensorboardX)
+  events.out.*       TensorBoard scalars (tb_events)
   ckpt/              Orbax checkpoints: latest/<step> (resumable), best/<step> (see checkpoint.py)
   prototypes.png     the prototype grid (ProtoSAC on envs we can draw)
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from protosac_jax import config as config_lib
 from protosac_jax import envs, loops
-from protosac_jax import outputs
+from protosac_jax import outputs, tb_events
 from protosac_jax.outputs import WriteError, writing
 from protosac_jax.config import ConfigError, TrainConfig
 
@@ -133,7 +133,7 @@ class _NoLogger:
 class _Logger:
     """metrics.jsonl and TensorBoard events, both written synchronously.
 
-    TensorBoard events go through tensorboardX's EventsWriter in this thread, not its
+    TensorBoard events are written in this thread (`tb_events`), not by tensorboardX's
     SummaryWriter: that writes from a background thread which, on a full disk, dies with a
     traceback and then blocks the training loop forever on its full queue (seen here).
     Here a failed write raises WriteError at the step that failed."""
@@ -155,25 +155,17 @@ class _Logger:
             self.jsonl = open(path, "a", encoding="utf-8")
         self.events = None
         if tensorboard:
-            from tensorboardX.event_file_writer import EventsWriter
-
             with writing(run_dir / "events.out.tfevents.*"):
-                self.events = EventsWriter(str(run_dir / "events"))
+                self.events = tb_events.EventsWriter(run_dir)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         with writing(self.run_dir / "metrics.jsonl"):
             self.jsonl.write(json.dumps({"env_steps": step, **metrics}) + "\n")
             self.jsonl.flush()
         if self.events is not None:
-            from tensorboardX.proto import event_pb2, summary_pb2
-
-            values = [summary_pb2.Summary.Value(tag=key, simple_value=value)
-                      for key, value in metrics.items() if value is not None]
-            event = event_pb2.Event(wall_time=time.time(), step=step,
-                                    summary=summary_pb2.Summary(value=values))
-            with writing(getattr(self.events, "_file_name", self.run_dir / "events.out.*")):
-                self.events.write_event(event)
-                self.events.flush()
+            with writing(self.events.path):
+                self.events.add_scalars(step, {key: value for key, value in metrics.items()
+                                               if value is not None})
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in metrics.items() if v is not None}, step=step)
 

@@ -232,9 +232,18 @@ def test_real_short_run_writes_a_loadable_run_directory(tmp_path):
     for name in ("config.json", "metrics.jsonl", "summary.json", "ckpt/latest/1500/meta/metadata",
                  "ckpt/latest/1500/learner", "ckpt/latest/1500/buffer", "prototypes.png"):
         assert (out / name).exists(), name
-    assert any(p.name.startswith("events.out.tfevents") for p in out.iterdir())
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [d["env_steps"] for d in lines] == [500, 1000, 1500]
+    # TensorBoard's own reader finds every logged scalar at its step
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len([p for p in out.iterdir() if p.name.startswith("events.out.tfevents")]) == 1
+    events = EventAccumulator(str(out))
+    events.Reload()
+    for key in ("eval/return_mean", "losses/critic"):
+        got = [(e.step, e.value) for e in events.Scalars(key)]
+        assert got and got == [(d["env_steps"], pytest.approx(d[key], rel=1e-6)) for d in lines
+                       if d.get(key) is not None], key
     assert "losses/critic" in lines[-1] and "proto/usage_entropy" in lines[-1]
     assert json.loads((out / "config.json").read_text())["proto"]["num_prototypes"] == 8
 
