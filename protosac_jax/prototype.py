@@ -534,6 +534,41 @@ def distinct_nearest(cand_d, cand_i):
                              jnp.full((num_prototypes,), -1, jnp.int32))
 
 
+def spd_solve(a, b):
+    """x = a^-1 b for a symmetric positive definite `a` [K, K], b [K, N]: Cholesky and two
+    triangular solves written as `fori_loop`s over the K columns, in plain XLA ops.
+
+    Not `jnp.linalg.solve`: its LAPACK kernel, batched (a seed group vmaps it), splits the
+    batch over XLA's CPU thread pool and blocks a pool thread until the parts finish. On this
+    2-core machine both pool threads ended up blocked that way, and the run hung at its first
+    projection (Pendulum, 14 seeds, 128 prototypes: every time). O(K^3) like LU; K is the
+    number of prototypes (32 by default).
+    """
+    k = a.shape[0]
+    idx = jnp.arange(k)
+
+    def chol_column(j, low):
+        # low holds columns < j of L; column j from a[:, j] - L[:, :j] L[j, :j]
+        row_j = jnp.where(idx < j, low[j], 0.0)
+        col = a[:, j] - low @ row_j
+        pivot = jnp.sqrt(jnp.maximum(col[j], 1e-30))
+        col = jnp.where(idx > j, col / pivot, jnp.where(idx == j, pivot, 0.0))
+        return low.at[:, j].set(col)
+
+    low = jax.lax.fori_loop(0, k, chol_column, jnp.zeros_like(a))
+
+    def forward(i, y):  # L y = b, row i
+        return y.at[i].set((b[i] - jnp.where(idx < i, low[i], 0.0) @ y) / low[i, i])
+
+    y = jax.lax.fori_loop(0, k, forward, jnp.zeros_like(b))
+
+    def backward(step, x):  # L^T x = y, row i = k-1-step
+        i = k - 1 - step
+        return x.at[i].set((y[i] - jnp.where(idx > i, low[:, i], 0.0) @ x) / low[i, i])
+
+    return jax.lax.fori_loop(0, k, backward, jnp.zeros_like(b))
+
+
 def refit_heads(actor: ProtoActor, old_params, new_params, obs, ridge: float):
     """Re-fit the prototypes' Gaussians after a projection so the policy barely changes.
 
@@ -550,8 +585,10 @@ def refit_heads(actor: ProtoActor, old_params, new_params, obs, ridge: float):
     gram = new.weights.T @ new.weights
     lam = ridge * jnp.trace(gram) / gram.shape[0] + 1e-8
     lhs = gram + lam * jnp.eye(gram.shape[0])
-    means = jnp.linalg.solve(lhs, new.weights.T @ (old.weights @ old.means) + lam * old.means)
-    stds = jnp.linalg.solve(lhs, new.weights.T @ (old.weights @ old_stds) + lam * old_stds)
+    rhs = jnp.concatenate([new.weights.T @ (old.weights @ old.means) + lam * old.means,
+                           new.weights.T @ (old.weights @ old_stds) + lam * old_stds], axis=1)
+    solved = spd_solve(lhs, rhs)
+    means, stds = solved[:, :old.means.shape[1]], solved[:, old.means.shape[1]:]
     log_stds = jnp.log(jnp.clip(stds, jnp.exp(actor.cfg.log_std_min),
                                 jnp.exp(actor.cfg.log_std_max)))
     inner = dict(new_params["params"])
