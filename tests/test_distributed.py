@@ -58,17 +58,18 @@ def _leaves(run):
 
 def test_two_processes_train_and_resume_the_run_of_two_devices_in_one_process(tmp_path):
     two = tmp_path / "two_processes"
-    outs = _two_processes([*FLAGS, "--total-steps", "800", "--out", str(two)])
+    # 200 updates in each half: the run is bound by gloo's cross-process all-reduce per update
+    outs = _two_processes([*FLAGS, "--total-steps", "600", "--out", str(two)])
     assert "done: pendulum protosac seed 0" in outs[0][1]
     assert "done:" not in outs[1][1]  # process 0 reports, process 1 is quiet
     steps = [json.loads(x)["env_steps"] for x in (two / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [200, 400, 600, 800]  # one writer, not one line per process
-    _two_processes(["--resume", str(two), "--total-steps", "1200", "--no-progress"])
+    assert steps == [200, 400, 600]  # one writer, not one line per process
+    _two_processes(["--resume", str(two), "--total-steps", "800", "--no-progress"])
 
     one = tmp_path / "one_process"
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    proc = subprocess.run([sys.executable, "train.py", *FLAGS, "--total-steps", "1200",
+    proc = subprocess.run([sys.executable, "train.py", *FLAGS, "--total-steps", "800",
                            "--out", str(one), "--quiet"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -77,7 +78,7 @@ def test_two_processes_train_and_resume_the_run_of_two_devices_in_one_process(tm
     worst = max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
                 for x, y in zip(a, b))
     assert worst < 1e-5, worst  # the tolerance of test_mjx's sharded-update test
-    assert json.loads((two / "summary.json").read_text())["env_steps"] == 1200
+    assert json.loads((two / "summary.json").read_text())["env_steps"] == 800
     assert (two / "prototypes.png").is_file()
 
 
