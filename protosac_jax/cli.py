@@ -334,8 +334,9 @@ def main(argv=None) -> int:
               f"mean {evals['mean']:.1f}, min {evals['min']:.1f} -> {result.out} "
               "(seeds.json)")
         if not args.quiet:
-            print(f"next: {_viz_command()} --curves {result.out}   (learning curves); "
-                  f"{_viz_command()} --ckpt {result.members[0].run_dir}   (one member)")
+            viz = _viz_command()
+            print(f"next: {viz} --curves {result.out}   (learning curves); "
+                  f"{viz} --ckpt {result.members[0].run_dir}   (one member)")
     elif args.distributed and jax_process_index() != 0:
         pass  # process 0 reports
     else:

@@ -637,9 +637,9 @@ def candidate_rows(key, count: int, size, newest=None, recent_share=0.0,
     # the uniform rows from `key` itself: share 0 (also a swept, traced 0) draws exactly the
     # rows of the plain uniform selection
     uniform = jax.random.randint(key, (count,), 0, size)
-    k_recent, k_pick = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
     if newest is None:
         return uniform
+    k_recent, k_pick = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
     window = jnp.maximum(1, jnp.floor(recent_window * size).astype(jnp.int32))
     back = jax.random.randint(k_recent, (count,), 0, window)
     recent = jnp.mod(newest - back, size)  # rows [0, size) are valid; full: the whole ring
@@ -663,11 +663,10 @@ def select_prototype_states(actor: ProtoActor, params, cand_obs, cand_render, si
     cfg = actor.cfg
     chunk = max(1, min(chunk, cfg.kmeans_samples))
     blocks = -(-cfg.kmeans_samples // chunk)
-    if newest is None or (isinstance(cfg.recent_share, float) and cfg.recent_share == 0.0):
-        ids = jax.random.randint(key, (blocks * chunk,), 0, jnp.maximum(size, 1))
-    else:
-        ids = candidate_rows(key, blocks * chunk, size, newest, cfg.recent_share,
-                             cfg.recent_window)
+    if isinstance(cfg.recent_share, float) and cfg.recent_share == 0.0:
+        newest = None  # a static 0: the uniform rows alone (a swept share is traced)
+    ids = candidate_rows(key, blocks * chunk, size, newest, cfg.recent_share,
+                         cfg.recent_window)
     rows = transform(cand_obs[ids])
     latents = jax.lax.map(lambda block: actor.encode(params, block),
                           rows.reshape((blocks, chunk) + rows.shape[1:]))

@@ -291,5 +291,5 @@ def make(ref: str):
     return gymnax_cls(ref) if kind_ == "gymnax" else brax_cls(ref)
 
 
-__all__ = ["KINDS", "is_reference", "import_module_of", "is_object", "target", "instance", "kind", "reference_of",
-           "gymnax_spec", "brax_spec", "EnvRenderer", "make"]
+__all__ = ["KINDS", "is_reference", "import_module_of", "is_object", "target", "instance",
+           "kind", "reference_of", "gymnax_spec", "brax_spec", "EnvRenderer", "make"]
