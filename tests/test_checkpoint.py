@@ -18,20 +18,14 @@ from protosac_jax import checkpoint
 from protosac_jax import config as config_lib
 from protosac_jax.checkpoint import CheckpointError
 from protosac_jax.config import ConfigError
+from tiny import FLAGS as TINY, tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SMALL = dict(total_steps=1000, learning_starts=500, eval_every=250, eval_episodes=2,
-             buffer_size=5000, log_tensorboard=False)
-
-
 def small_cfg(**kw):
-    base = config_lib.preset("pendulum")
-    cfg = dataclasses.replace(base, **{**SMALL, **kw})
-    return dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, hidden_sizes=(32, 32),
-                                                            batch_size=64),
-                               proto=dataclasses.replace(cfg.proto, num_prototypes=8,
-                                                         latent_dim=8, projection_every=200))
+    """The suite's tiny Pendulum run (tests/tiny.py: one compiled program for all of them),
+    1000 steps, evaluated every 250."""
+    return tiny_cfg(**{**dict(total_steps=1000, learning_starts=500, eval_every=250), **kw})
 
 
 def leaves_equal(a, b):
@@ -75,7 +69,7 @@ def test_resume_without_saved_buffer_refills_first(tmp_path, capsys):
     # refill: 500 steps with the policy and no updates, then 500 training steps
     assert int(result.state.env_steps) == 2000
     assert [h["charts/warmup"] for h in result.history] == [1.0, 1.0, 0.0, 0.0]
-    assert int(result.state.buffer.size) == 1000
+    assert int(result.state.buffer.size) == 600  # full: the tiny run's 600 rows
     assert int(result.state.learner.num_updates) == int(updates_before) + 500
 
 
@@ -204,8 +198,8 @@ def test_resume_bad_input_cli(finished_run, tmp_path, case):
 
 def test_nan_guard_stops_with_clear_message(tmp_path):
     out = tmp_path / "nan"
-    proc = run_cli("--total-steps", "3000", "--lr", "1e12", "--out", str(out), "--no-progress",
-                   "--hidden", "32,32")
+    proc = run_cli(*TINY, "--total-steps", "3000", "--lr", "1e12", "--out", str(out),
+                   "--no-progress")
     assert proc.returncode == 1
     assert "non-finite" in proc.stderr and "env step" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -215,8 +209,8 @@ def test_nan_guard_stops_with_clear_message(tmp_path):
 def test_sigint_saves_a_resumable_checkpoint(tmp_path):
     out = tmp_path / "sig"
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), "--total-steps", "400000", "--eval-every",
-         "500", "--hidden", "32,32", "--out", str(out), "--no-progress"],
+        [sys.executable, str(ROOT / "train.py"), *TINY, "--total-steps", "400000",
+         "--eval-every", "500", "--out", str(out), "--no-progress"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     metrics = out / "metrics.jsonl"
@@ -239,12 +233,11 @@ def test_checkpoint_from_a_two_device_process_loads_with_one_device(tmp_path):
     actions."""
     out = tmp_path / "two"
     script = (
-        "import dataclasses, jax, numpy as np, protosac_jax\n"
-        "from protosac_jax import config as C\n"
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "import jax, numpy as np, protosac_jax\n"
+        "from tiny import tiny_cfg\n"
         "assert jax.device_count() == 2\n"
-        "cfg = dataclasses.replace(C.preset('pendulum'), num_envs=2, total_steps=1000,"
-        " learning_starts=500,"
-        " eval_every=500, eval_episodes=2, log_tensorboard=False)\n"
+        "cfg = tiny_cfg(num_envs=4, total_steps=1000, learning_starts=500, eval_every=500)\n"
         f"protosac_jax.train(cfg, out={str(out)!r}, progress=False, quiet=True)\n"
         f"a = protosac_jax.load({str(out)!r})\n"
         "obs = np.linspace(-1, 1, 30, dtype=np.float32).reshape(10, 3)\n"

@@ -13,6 +13,9 @@ import pytest
 from protosac_jax.cli import build_parser, config_from_args
 from protosac_jax.config import ConfigError
 
+import tiny
+from tiny import FLAGS as TINY
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -62,6 +65,15 @@ def test_flags_override_preset():
     assert (cfg.proto.source, cfg.proto.similarity, cfg.proto.temperature) == ("free", "log", 1)
     assert cfg.proto.target_weight_entropy is None and not cfg.proto.normalize_latent
     assert cfg.proto.target_action_spread == 0.01
+
+
+def test_the_tiny_flags_are_tiny_cfg():
+    """tests/tiny.py's flags (subprocess tests) and tiny_cfg (in-process tests) are one config,
+    so both make the one compiled program the suite shares."""
+    assert cfg_of(*TINY, "--no-tensorboard") == tiny.tiny_cfg()
+    long = tiny.tiny_cfg(total_steps=5000, learning_starts=100, eval_every=1000, seed=3)
+    assert cfg_of(*TINY, "--no-tensorboard", "--total-steps", "5000", "--learning-starts",
+                  "100", "--eval-every", "1000", "--seed", "3") == long
 
 
 def test_old_config_files_keep_the_behaviour_they_were_trained_with():
@@ -205,9 +217,9 @@ def test_a_built_wheel_installs_and_trains_without_the_checkout(tmp_path):
     where.mkdir()
     code = ("import sys, protosac_jax, protosac_jax.cli as c; print(protosac_jax.__file__); "
             "sys.exit(c.main(sys.argv[1:]))")
-    proc = subprocess.run([sys.executable, "-c", code, "--env", "pendulum", "--total-steps",
-                           "300", "--learning-starts", "100", "--eval-every", "300",
-                           "--eval-episodes", "1", "--out", "run", "--no-progress"],
+    proc = subprocess.run([sys.executable, "-c", code, *TINY, "--total-steps", "600",
+                           "--learning-starts", "100", "--eval-every", "600", "--out", "run",
+                           "--no-progress"],
                           cwd=where, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(str(site))  # the installed copy, not the checkout
@@ -223,9 +235,8 @@ def test_help_lists_envs():
 
 def test_real_short_run_writes_a_loadable_run_directory(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("--env", "pendulum", "--total-steps", "1500", "--learning-starts", "500",
-                   "--eval-every", "500", "--eval-episodes", "2", "--num-prototypes", "8",
-                   "--projection-every", "400", "--out", str(out), "--no-progress", cwd=tmp_path)
+    proc = run_cli(*TINY, "--total-steps", "1500", "--learning-starts", "500",
+                   "--eval-every", "500", "--out", str(out), "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "final eval return" in proc.stdout
     assert f"next: python viz.py --ckpt {out}" in proc.stdout  # what to run next
@@ -256,11 +267,11 @@ def test_real_short_run_writes_a_loadable_run_directory(tmp_path):
     explanation = agent.explain(np.array([1.0, 0.0, 0.0]), top_k=3)
     assert explanation["weights"].shape == (8,)
     assert explanation["weights"].sum() == pytest.approx(1.0, rel=1e-5)
-    # 1000 updates with projection every 400: every prototype is a distinct real buffer state
+    # 1000 updates with projection every 200: every prototype is a distinct real buffer state
     index = agent.prototypes["buffer_index"]
-    assert index.shape == (8,) and (index >= 0).all() and (index < 1500).all()
+    assert index.shape == (8,) and (index >= 0).all() and (index < tiny.BUFFER).all()
     assert len(set(index.tolist())) == 8
-    assert (agent.prototypes["update_step"] == 800).all()
+    assert (agent.prototypes["update_step"] == 1000).all()
     assert "eval/return_mean_before_final_projection" not in lines[-1]
 
 
@@ -269,19 +280,19 @@ def test_a_run_shorter_than_projection_every_ends_projected(tmp_path, source):
     """Free prototypes of a run that never projected are projected once at its end; states
     prototypes are real states from their first selection, right before the first update."""
     out = tmp_path / "run"
-    proc = run_cli("--env", "pendulum", "--total-steps", "1000", "--learning-starts", "500",
-                   "--eval-every", "500", "--eval-episodes", "2", "--num-prototypes", "4",
-                   "--projection-every", "100000", "--prototypes", source, "--out", str(out),
+    # 100 updates, fewer than the tiny run's projection_every (200)
+    proc = run_cli(*TINY, "--total-steps", "1000", "--learning-starts", "900",
+                   "--eval-every", "500", "--prototypes", source, "--out", str(out),
                    "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     import protosac_jax
 
     prov = protosac_jax.load(out).prototypes
-    assert (prov["buffer_index"] >= 0).all() and len(set(prov["buffer_index"].tolist())) == 4
+    assert (prov["buffer_index"] >= 0).all() and len(set(prov["buffer_index"].tolist())) == 8
     if source == "free":
         assert "eval/return_mean_before_final_projection" in last
-        assert (prov["update_step"] == 500).all()
+        assert (prov["update_step"] == 100).all()
     else:
         assert "eval/return_mean_before_final_projection" not in last
         assert (prov["update_step"] == 0).all() and abs(last["proto/drift"]) < 1e-6

@@ -27,13 +27,14 @@ import pytest
 
 import protosac_jax
 from protosac_jax import checkpoint, trainer
+from tiny import FLAGS as TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
-# small shapes (the shape is not the point here), saves at 300/600/900/1200
-FLAGS = ["--env", "pendulum", "--hidden", "32,32", "--num-prototypes", "8", "--latent-dim",
-         "8", "--learning-starts", "300", "--eval-every", "300", "--eval-episodes", "2",
-         "--save-every", "300", "--no-progress", "--no-tensorboard"]
+# the suite's tiny Pendulum run (tests/tiny.py; the shape is not the point here), saves at
+# 300/600/900/1200
+FLAGS = [*TINY, "--learning-starts", "300", "--eval-every", "300", "--save-every", "300",
+         "--no-progress", "--no-tensorboard"]
 
 
 def train_cli(*args):

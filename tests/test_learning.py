@@ -74,6 +74,19 @@ def test_pendulum_improves_clearly_over_random_actions_in_5k_steps(tmp_path, bas
         last = result.history[-1]
         assert last["proto/effective"] <= 2.0 and last["proto/top1_weight"] >= 0.7
         assert abs(last["proto/drift"]) < 1e-5
+        # and faithful: deleting each evaluated decision's top prototype moves its action far
+        # more than deleting a random one (seed 0: 0.79 vs 0.029)
+        import jax.numpy as jnp
+        import numpy as np
+
+        from protosac_jax import interpret, sac, visualize
+
+        agent = protosac_jax.load(result.run_dir)
+        eps = visualize.play_episodes(agent.config, agent.spec, agent.actor, agent.learner, 2)
+        obs = sac.prepare_obs(agent.learner, jnp.asarray(np.concatenate([e.obs for e in eps])),
+                              agent.config.sac)
+        change = interpret.action_change_curves(agent.actor, agent.params, obs, [1])
+        assert change["action_change_top"][0] >= 3 * change["action_change_random"][0]
 
 
 @pytest.mark.slow

@@ -1,0 +1,32 @@
+"""The suite's small Pendulum run: one set of shapes for every test where size is not the point.
+
+XLA compiles one program per set of shapes and static settings, and the persistent compile
+cache (trainer.enable_compilation_cache) shares it between processes by its HLO. A run's
+length, seed, warm-up (`--learning-starts`), evaluation grid and checkpoint/log flags are not
+in the program, so every run made from these flags, through train.py or
+`protosac_jax.train(tiny_cfg(...))`, in any test process, is the same program: a cold suite
+compiles it once instead of once per test (~10 s each on 2 cores). The buffer (600 rows) is
+no longer than any of these runs, so its capacity is the same in all of them.
+"""
+
+import dataclasses
+
+from protosac_jax import config as config_lib
+
+SHAPES = ("--hidden", "32,32", "--batch-size", "64", "--num-prototypes", "8",
+          "--latent-dim", "8", "--projection-every", "200", "--buffer-size", "600",
+          "--eval-episodes", "2")
+FLAGS = ("--env", "pendulum", *SHAPES)
+BUFFER = 600  # rows: every tiny run is at least this long
+
+
+def tiny_cfg(**overrides) -> config_lib.TrainConfig:
+    """`train.py *FLAGS` as a TrainConfig (test_tiny checks they are equal), with top-level
+    overrides (total_steps, learning_starts, eval_every, baseline, ...)."""
+    cfg = config_lib.preset("pendulum")
+    cfg = dataclasses.replace(
+        cfg, buffer_size=BUFFER, eval_episodes=2, log_tensorboard=False,
+        sac=dataclasses.replace(cfg.sac, hidden_sizes=(32, 32), batch_size=64),
+        proto=dataclasses.replace(cfg.proto, num_prototypes=8, latent_dim=8,
+                                  projection_every=200))
+    return dataclasses.replace(cfg, **overrides)
