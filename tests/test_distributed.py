@@ -15,11 +15,13 @@ import jax
 import numpy as np
 
 import protosac_jax
+from tiny import FLAGS as TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["--env", "pendulum", "--num-envs", "4", "--learning-starts", "400",
-         "--eval-every", "200", "--eval-episodes", "2", "--buffer-size", "2000",
-         "--batch-size", "64", "--no-tensorboard", "--no-progress"]
+# the suite's tiny Pendulum run (tests/tiny.py) with 4 envs: the one-process run on 2 devices
+# is the program test_checkpoint's and test_mjx's two-device runs use
+FLAGS = [*TINY, "--num-envs", "4", "--learning-starts", "400", "--eval-every", "200",
+         "--no-tensorboard", "--no-progress"]
 
 
 def _free_port() -> int:

@@ -93,14 +93,17 @@ def test_num_envs_must_divide_device_count():
     parallel.check_divisible(dataclasses.replace(cfg, num_envs=4, buffer_size=1000), 2)
 
 
+# The suite's tiny Pendulum run with 4 envs (tests/tiny.py), as in test_two_device_training_run
+# and test_checkpoint's two-device run: compiled once for all of them.
 SHARDED_UPDATE_SCRIPT = """
-import dataclasses, jax, numpy as np
-from protosac_jax import config as C, loops, parallel, sac
+import sys; sys.path.insert(0, "tests")
+import jax, numpy as np
+from protosac_jax import loops, parallel, sac, trainer
 from protosac_jax.envs import make_env
+from tiny import tiny_cfg
 assert jax.device_count() == 2
-cfg = dataclasses.replace(C.preset("pendulum"), num_envs=4, learning_starts=400,
-                          buffer_size=2000, eval_episodes=2)
-cfg = dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, batch_size=64))
+trainer.enable_compilation_cache()
+cfg = tiny_cfg(num_envs=4, learning_starts=400)
 loop = loops.Loop(make_env("pendulum"), loops.make_actor(cfg, 1), cfg)
 ts = loops.init_state_jit(loop, jax.random.PRNGKey(0))
 ts, _ = loops.run_chunk_jit(loop, ts, 100)  # warm-up: fill 400 rows
@@ -133,12 +136,10 @@ def test_two_device_sharded_update_equals_one_device_update():
 
 
 SHARDED_RUN_SCRIPT = """
-import dataclasses, sys, jax, numpy as np, protosac_jax
-from protosac_jax import config as C
-cfg = dataclasses.replace(C.preset("pendulum"), num_envs=4, total_steps=800,
-    learning_starts=400, eval_every=200, eval_episodes=2, buffer_size=2000,
-    log_tensorboard=False)
-cfg = dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, batch_size=64))
+import sys; sys.path.insert(0, "tests")
+import jax, numpy as np, protosac_jax
+from tiny import tiny_cfg
+cfg = tiny_cfg(num_envs=4, total_steps=600, learning_starts=400, eval_every=200)
 r = protosac_jax.train(cfg, out=sys.argv[1], progress=False, quiet=True)
 np.savez(sys.argv[2], devices=jax.device_count(),
          buffer=np.asarray(jax.device_get(r.state.buffer.data.obs)),
