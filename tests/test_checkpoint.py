@@ -15,12 +15,12 @@ import pytest
 
 import protosac_jax
 from protosac_jax import checkpoint
-from protosac_jax import config as config_lib
 from protosac_jax.checkpoint import CheckpointError
 from protosac_jax.config import ConfigError
 from tiny import FLAGS as TINY, tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
+
 
 def small_cfg(**kw):
     """The suite's tiny Pendulum run (tests/tiny.py: one compiled program for all of them),

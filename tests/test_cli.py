@@ -13,8 +13,7 @@ import pytest
 from protosac_jax.cli import build_parser, config_from_args
 from protosac_jax.config import ConfigError
 
-import tiny
-from tiny import FLAGS as TINY
+from tiny import BUFFER, FLAGS as TINY, tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,8 +69,8 @@ def test_flags_override_preset():
 def test_the_tiny_flags_are_tiny_cfg():
     """tests/tiny.py's flags (subprocess tests) and tiny_cfg (in-process tests) are one config,
     so both make the one compiled program the suite shares."""
-    assert cfg_of(*TINY, "--no-tensorboard") == tiny.tiny_cfg()
-    long = tiny.tiny_cfg(total_steps=5000, learning_starts=100, eval_every=1000, seed=3)
+    assert cfg_of(*TINY, "--no-tensorboard") == tiny_cfg()
+    long = tiny_cfg(total_steps=5000, learning_starts=100, eval_every=1000, seed=3)
     assert cfg_of(*TINY, "--no-tensorboard", "--total-steps", "5000", "--learning-starts",
                   "100", "--eval-every", "1000", "--seed", "3") == long
 
@@ -269,7 +268,7 @@ def test_real_short_run_writes_a_loadable_run_directory(tmp_path):
     assert explanation["weights"].sum() == pytest.approx(1.0, rel=1e-5)
     # 1000 updates with projection every 200: every prototype is a distinct real buffer state
     index = agent.prototypes["buffer_index"]
-    assert index.shape == (8,) and (index >= 0).all() and (index < tiny.BUFFER).all()
+    assert index.shape == (8,) and (index >= 0).all() and (index < BUFFER).all()
     assert len(set(index.tolist())) == 8
     assert (agent.prototypes["update_step"] == 1000).all()
     assert "eval/return_mean_before_final_projection" not in lines[-1]

@@ -13,16 +13,16 @@ import dataclasses
 
 from protosac_jax import config as config_lib
 
-SHAPES = ("--hidden", "32,32", "--batch-size", "64", "--num-prototypes", "8",
-          "--latent-dim", "8", "--projection-every", "200", "--buffer-size", "600",
-          "--eval-episodes", "2")
-FLAGS = ("--env", "pendulum", *SHAPES)
 BUFFER = 600  # rows: every tiny run is at least this long
+FLAGS = ("--env", "pendulum", "--hidden", "32,32", "--batch-size", "64", "--num-prototypes",
+         "8", "--latent-dim", "8", "--projection-every", "200", "--buffer-size", str(BUFFER),
+         "--eval-episodes", "2")
 
 
 def tiny_cfg(**overrides) -> config_lib.TrainConfig:
-    """`train.py *FLAGS` as a TrainConfig (test_tiny checks they are equal), with top-level
-    overrides (total_steps, learning_starts, eval_every, baseline, ...)."""
+    """`train.py *FLAGS --no-tensorboard` as a TrainConfig (test_cli's
+    test_the_tiny_flags_are_tiny_cfg checks it), with top-level overrides (total_steps,
+    learning_starts, eval_every, baseline, ...)."""
     cfg = config_lib.preset("pendulum")
     cfg = dataclasses.replace(
         cfg, buffer_size=BUFFER, eval_episodes=2, log_tensorboard=False,
