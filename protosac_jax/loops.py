@@ -250,7 +250,7 @@ def maybe_project(loop: Loop, ts: TrainState, updates_before) -> TrainState:
         return ts
     crossed = (ts.learner.num_updates // every) > (updates_before // every)
     crossed = jnp.logical_and(crossed, _candidates(loop, ts)[2] > 0)
-    return jax.lax.cond(crossed, functools.partial(project_jit, loop), lambda ts: ts, ts)
+    return jax.lax.cond(crossed, functools.partial(project, loop), lambda ts: ts, ts)
 
 
 def needs_final_projection(loop: Loop, ts: TrainState) -> bool:
@@ -278,8 +278,8 @@ def maybe_init_prototypes(loop: Loop, ts: TrainState, num_updates) -> TrainState
     puts the prototypes at k-means centres of encoded warm-up states."""
     if not loop.is_proto:
         return ts
-    if loop.actor.states_source:  # project_jit: one trace shared with maybe_project's
-        init = functools.partial(project_jit, loop)
+    if loop.actor.states_source:
+        init = functools.partial(project, loop)
     elif loop.cfg.proto.init == "kmeans":
         init = functools.partial(kmeans_init, loop)
     else:
@@ -316,12 +316,6 @@ def update_step(loop: Loop, ts: TrainState):
             jnp.asarray(num_updates, jnp.int32))
 
 
-# update_step as a nested jit: JAX traces it once per state type and reuses that trace, so
-# the chunk's metric shapes (`empty_totals`) and the update branch share one trace of the
-# whole SAC update (it was traced 3 times per program: ~2 s of every run's start).
-_update_step = jax.jit(update_step, static_argnums=(0,))
-
-
 def add_to_totals(totals, metrics, num_updates, started, finished):
     """Chunk totals: (metric sums weighted by the updates that produced them, gradient
     updates, iterations past the warm-up, sum of finished episodes' returns, episodes)."""
@@ -341,7 +335,7 @@ def iteration(loop: Loop, carry):
     def skip(ts):  # no update: zero metrics, shaped as the chunk's sums of them
         return ts, jax.tree_util.tree_map(jnp.zeros_like, totals[0]), jnp.zeros((), jnp.int32)
 
-    ts, metrics, num_updates = jax.lax.cond(started, functools.partial(_update_step, loop),
+    ts, metrics, num_updates = jax.lax.cond(started, functools.partial(update_step, loop),
                                             skip, ts)
     return ts, add_to_totals(totals, metrics, num_updates, started, finished)
 
@@ -415,7 +409,7 @@ def eval_key(ts: TrainState):
 
 
 def empty_totals(loop: Loop, ts: TrainState):
-    shapes = jax.eval_shape(_update_step, loop, ts)[1]
+    shapes = jax.eval_shape(lambda: update_step(loop, ts)[1])
     sums = {k: jnp.zeros(s.shape, jnp.float32) for k, s in shapes.items()}
     zero_i, zero_f = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
     return sums, zero_i, zero_i, zero_f, zero_i
