@@ -3,7 +3,8 @@
 The module (tests/data/tiny_point_env.py, copied into a package on PYTHONPATH) registers its
 id when imported, as gymnasium.make("module:Id") expects; train.py, viz.py and --resume import
 it again from the env name saved in config.json. Env objects (`--env my_pkg.objects:NAME`,
-`train(cfg, env=...)`; tests/data/tiny_object_envs.py) the same way.
+`train(cfg, env=...)`; tests/data/tiny_object_envs.py) the same way. Each run's buffer is
+no longer than its first part, so its `--resume` is the same compiled program (a cache hit).
 """
 
 import json
@@ -48,7 +49,7 @@ def test_own_gymnasium_env_trains_draws_resumes(tmp_path):
     site, run = _site(tmp_path), tmp_path / "run"
     proc = _cli("train.py", "--env", "my_pkg.envs:Point-v0", "--total-steps", "1000",
                 "--learning-starts", "400", "--eval-every", "500", "--eval-episodes", "2",
-                "--out", str(run), "--no-progress", pythonpath=site)
+                "--buffer-size", "1000", "--out", str(run), "--no-progress", pythonpath=site)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((run / "config.json").read_text())["env"] == "my_pkg.envs:Point-v0"
     # prototypes from frames captured while training
@@ -82,8 +83,8 @@ def test_own_env_object_trains_draws_resumes(tmp_path, name, backend, steps):
     ref = f"my_pkg.objects:{name}"
     proc = _cli("train.py", "--env", ref, "--total-steps", "600", "--learning-starts", "300",
                 "--eval-every", "300", "--eval-episodes", "1", "--num-envs",
-                "1" if backend == "gymnasium" else "2", "--out", str(run), "--no-progress",
-                "--no-tensorboard", pythonpath=site)
+                "1" if backend == "gymnasium" else "2", "--buffer-size", "600", "--out", str(run),
+                "--no-progress", "--no-tensorboard", pythonpath=site)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((run / "config.json").read_text())["env"] == ref
     meta = json.loads(next((run / "ckpt" / "latest").glob("*/meta/metadata")).read_text())
