@@ -95,6 +95,9 @@ def build_parser() -> OneLineParser:
     a("--recent-share", type=float,
       help="prototype states: share of the k-means candidates drawn from the newest "
       "--recent-window of the buffer (default 0 = uniform over the buffer)")
+    a("--local-gain", type=float,
+      help="bound b of each prototype's local feedback: it acts m_k + b tanh(G_k (z - p_k) / b) "
+      "(pre-squash); 0 = a constant action per prototype")
     a("--recent-window", type=float,
       help="newest share of the buffer's rows --recent-share draws from (default 0.2)")
     a("--normalize-latent", type=parse_bool,
@@ -194,6 +197,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("target_action_spread", "target_action_spread"),
                         ("constraint_share", "constraint_share"),
                         ("recent_share", "recent_share"), ("recent_window", "recent_window"),
+                        ("local_gain", "local_gain"),
                         ("normalize_latent", "normalize_latent"),
                         ("projection_every", "projection_every"), ("proto_init", "init"),
                         ("weight_entropy_coef", "weight_entropy_coef"),

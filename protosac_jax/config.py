@@ -108,6 +108,14 @@ class PrototypeConfig:
     # a projection, and at the final one, are where the current policy goes. 0 = uniform.
     recent_share: float = 0.0
     recent_window: float = 0.2
+    # Local feedback inside a prototype's cell (0 = off: each prototype's action is the
+    # constant m_k). With a bound b > 0, prototype k acts m_k + b tanh(G_k (z - p_k) / b) at a
+    # state with latent z: its own action m_k at its own state, corrected by at most +-b
+    # (pre-squash, per action dim) for how the state differs from it. A constant action per
+    # cell cannot hold an unstable equilibrium (a balanced pendulum chatters between two
+    # prototypes); a bounded gain can, while the prototype's own action still tells what is
+    # done there (b <= 0.25 keeps every crisp decision within top1_agreement's tolerance).
+    local_gain: float = 0.0
     init_log_std: float = 0.0
     log_std_min: float = -5.0
     log_std_max: float = 2.0
@@ -331,6 +339,7 @@ DOMAINS: dict[tuple[str, str], tuple[str | None, _Domain]] = {
     ("proto", "kmeans_iters"): (None, _int(0)),
     ("proto", "recent_share"): ("--recent-share", _real(0.0, 1.0)),
     ("proto", "recent_window"): ("--recent-window", _real(0.0, 1.0, low_open=True)),
+    ("proto", "local_gain"): ("--local-gain", NON_NEGATIVE),
     ("proto", "init_log_std"): (None, _real()),
     ("proto", "log_std_min"): (None, _real()),
     ("proto", "log_std_max"): (None, _real()),
@@ -342,6 +351,10 @@ def _field_name(section: str, field: str) -> str:
     path = f"{section}.{field}" if section else field
     return f"{flag} ({path})" if flag and flag.lstrip("-").replace("-", "_") != field \
         else (flag or path)
+
+
+def _is_zero(value) -> bool:
+    return isinstance(value, (int, float)) and value == 0
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -365,6 +378,8 @@ def validate(cfg: TrainConfig) -> None:
          "sac.log_std_min must be below sac.log_std_max"),
         (cfg.proto.log_std_min < cfg.proto.log_std_max,
          "proto.log_std_min must be below proto.log_std_max"),
+        (cfg.proto.distribution == "blend" or _is_zero(cfg.proto.local_gain),
+         "--local-gain needs --distribution blend (a mixture's components are constant)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -525,7 +540,7 @@ SWEEPABLE: dict[str, str] = {
     "target_action_spread": "proto", "ortho_coef": "proto", "weight_entropy_coef": "proto",
     "usage_entropy_coef": "proto", "proximity_coef": "proto", "log_eps": "proto",
     "refit_ridge": "proto", "init_log_std": "proto", "recent_share": "proto",
-    "recent_window": "proto",
+    "recent_window": "proto", "local_gain": "proto",
 }
 
 

@@ -30,10 +30,11 @@ def masked_weights(weights, keep):
     return w / jnp.maximum(jnp.sum(w, axis=-1, keepdims=True), 1e-30)
 
 
-def action_from_weights(actor, weights, means):
+def action_from_weights(actor, weights, means, corrections=None):
     """The deterministic action for given weights, as `ProtoActor.deterministic` computes it
-    (the top prototype's own action, or the blend's mean with decide "mean")."""
-    return actor.action_from_weights(weights, means)
+    (the top prototype's own action, or the blend's mean with decide "mean"; with the local
+    corrections of `--local-gain`)."""
+    return actor.action_from_weights(weights, means, corrections)
 
 
 def top_k_mask(weights, k: int):
@@ -58,7 +59,9 @@ def explain(actor, params, obs, top_k: int = 3) -> dict[str, np.ndarray]:
     out = jax.device_get(_forward(actor, params, obs))
     weights = np.asarray(out.weights)
     means = np.asarray(out.means)
-    contributions = weights[:, :, None] * means[None]  # [B, K, A]
+    # each prototype's (pre-squash) action at the state: m_k, plus its local correction
+    local = means[None] if out.corrections is None else means[None] + np.asarray(out.corrections)
+    contributions = weights[:, :, None] * local  # [B, K, A]
     share = np.abs(contributions) / np.maximum(np.abs(contributions).sum(1, keepdims=True),
                                                1e-30)
     top = np.argsort(-weights, axis=-1)[:, :top_k]
@@ -67,12 +70,16 @@ def explain(actor, params, obs, top_k: int = 3) -> dict[str, np.ndarray]:
         "top_k": top,
         "top_k_weights": np.take_along_axis(weights, top, axis=-1),
         "distances": np.asarray(out.distances),
-        "contributions": contributions,  # w_k m_k per action dim (pre-squash)
+        "contributions": contributions,  # w_k (m_k + c_k) per action dim (pre-squash)
         "contribution_share": share,  # |w_k m_k| / sum_j |w_j m_j|
         "top_k_share": np.take_along_axis(share, top[:, :, None], axis=1),
         "pre_squash_mean": contributions.sum(1),
-        "action": np.asarray(actor.action_from_weights(jnp.asarray(weights),
-                                                       jnp.asarray(means))),
+        "action": np.asarray(actor.action_from_weights(
+            jnp.asarray(weights), jnp.asarray(means),
+            None if out.corrections is None else jnp.asarray(out.corrections))),
+        # local feedback of each prototype at the state (zeros without --local-gain)
+        "corrections": np.zeros_like(local) if out.corrections is None
+        else np.asarray(out.corrections),
         "proto_means": means,
         "proto_stds": np.exp(np.asarray(out.log_stds)),
     }
@@ -81,11 +88,12 @@ def explain(actor, params, obs, top_k: int = 3) -> dict[str, np.ndarray]:
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _action_changes(actor, params, obs, k: int, key):
     out = actor.forward(params, obs)
-    base = action_from_weights(actor, out.weights, out.means)
+    base = action_from_weights(actor, out.weights, out.means, out.corrections)
     top = action_from_weights(actor, masked_weights(out.weights, top_k_mask(out.weights, k)),
-                              out.means)
+                              out.means, out.corrections)
     rand = action_from_weights(
-        actor, masked_weights(out.weights, random_k_mask(key, out.weights, k)), out.means)
+        actor, masked_weights(out.weights, random_k_mask(key, out.weights, k)), out.means,
+        out.corrections)
     change = lambda a: jnp.mean(jnp.linalg.norm(a - base, axis=-1))  # noqa: E731
     return change(top), change(rand)
 
@@ -113,7 +121,7 @@ def masked_policy(actor, sac_cfg, learner, k: int, mode: str, seed: int = 0):
         keep = top_k_mask(out.weights, k) if mode == "top" else \
             random_k_mask(key, out.weights, k)
         weights = masked_weights(out.weights, keep)
-        return action_from_weights(actor, weights, out.means), weights
+        return action_from_weights(actor, weights, out.means, out.corrections), weights
 
     def policy(obs):
         counter[0] += 1
@@ -223,7 +231,8 @@ def decision_metrics(weights, proto_means, actions, states, proto_states, pixels
 
 
 # ----------------------------------------------------------------------------- pruning
-PROTOTYPE_LEAVES = ("prototypes", "proto_means", "proto_log_stds", "prototype_states")
+PROTOTYPE_LEAVES = ("prototypes", "proto_means", "proto_log_stds", "proto_gains",
+                    "prototype_states")
 
 
 def usage_mass(weights) -> np.ndarray:

@@ -83,6 +83,7 @@ class ProtoNet(nn.Module):
     free_prototypes: bool = True
     init_temperature: float | None = None  # set: log tau is a learned parameter
     learn_spread_coef: bool = False  # log lambda of the action-spread penalty is learned
+    local_gains: bool = False  # per-prototype gains G_k [A, D] of the local feedback
 
     def setup(self):
         self.encoder = MLP(self.encoder_hidden, self.latent_dim)
@@ -101,6 +102,11 @@ class ProtoNet(nn.Module):
                 ())
         if self.learn_spread_coef:
             self.log_spread_coef = self.param("log_spread_coef", nn.initializers.zeros, ())
+        if self.local_gains:
+            # zeros: the policy starts as the constant-action one
+            self.proto_gains = self.param(
+                "proto_gains", nn.initializers.zeros,
+                (self.num_prototypes, self.action_dim, self.latent_dim))
 
     def __call__(self, obs):
         return self.encoder(obs), self.proto_means, self.proto_log_stds
@@ -164,9 +170,25 @@ def orthogonality_loss(prototypes):
     return jnp.sum((gram - jnp.eye(prototypes.shape[0])) ** 2)
 
 
-def blend_params(weights, means, log_stds):
-    """Blend: mean = w @ m, std = w @ exp(l)."""
-    return weights @ means, weights @ jnp.exp(log_stds)
+def blend_mean(weights, means, corrections=None):
+    """w @ m, plus sum_k w_k c_k with local corrections c [B, K, A] (pre-squash)."""
+    mean = weights @ means
+    if corrections is not None:
+        mean = mean + jnp.einsum("bk,bka->ba", weights, corrections)
+    return mean
+
+
+def blend_params(weights, means, log_stds, corrections=None):
+    """Blend: mean = w @ m (+ sum_k w_k c_k with local corrections), std = w @ exp(l)."""
+    return blend_mean(weights, means, corrections), weights @ jnp.exp(log_stds)
+
+
+def local_corrections(gains, latents, prototypes, bound):
+    """c[b, k] = bound * tanh(G_k (z_b - p_k) / bound) [B, K, A]: prototype k's bounded local
+    feedback at latent z_b (0 at its own state; slope G_k there)."""
+    offset = (jnp.einsum("kad,bd->bka", gains, latents)
+              - jnp.einsum("kad,kd->ka", gains, prototypes)[None])
+    return bound * jnp.tanh(offset / bound)
 
 
 def mixture_log_prob(u, weights, means, log_stds):
@@ -193,6 +215,9 @@ class ProtoOutputs:
     means: jax.Array  # [K, A]  pre-squash
     log_stds: jax.Array  # [K, A]
     prototypes: jax.Array  # [K, D]
+    # [B, K, A] pre-squash local feedback of each prototype at each state (local_gain > 0);
+    # None: every prototype's action is its constant m_k
+    corrections: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +248,14 @@ class ProtoActor:
             free_prototypes=not self.states_source,
             init_temperature=self.cfg.temperature if self.learns_temperature else None,
             learn_spread_coef=self.cfg.target_action_spread is not None,
+            local_gains=self.has_local_gain,
         )
+
+    @property
+    def has_local_gain(self) -> bool:
+        """Prototypes act with local feedback (cfg.local_gain; a traced, swept value counts)."""
+        gain = self.cfg.local_gain
+        return not (isinstance(gain, (int, float)) and gain == 0)
 
     def init(self, key, obs):
         """Variables: {"params": trainable} and, for source "states", the network-ready
@@ -270,7 +302,12 @@ class ProtoActor:
         distances = squared_distances(latents, prototypes)
         weights = proto_weights(distances, self.cfg.similarity, self.temperature(params),
                                 self.cfg.log_eps)
-        return ProtoOutputs(latents, distances, weights, means, log_stds, prototypes)
+        corrections = None
+        if self.has_local_gain:
+            corrections = local_corrections(params["params"]["proto_gains"], latents,
+                                            prototypes, self.cfg.local_gain)
+        return ProtoOutputs(latents, distances, weights, means, log_stds, prototypes,
+                            corrections)
 
     # -- the actor interface ------------------------------------------------------------
     def samples(self, params, obs, key):
@@ -283,7 +320,7 @@ class ProtoActor:
 
     def _samples(self, out: ProtoOutputs, batch: int, key):
         if self.cfg.distribution == "blend":
-            mean, std = blend_params(out.weights, out.means, out.log_stds)
+            mean, std = blend_params(out.weights, out.means, out.log_stds, out.corrections)
             u = mean + std * jax.random.normal(key, mean.shape)
             log_prob = gaussian_log_prob(u, mean, std) - tanh_log_det(u)
             return jnp.tanh(u)[:, None], log_prob[:, None], jnp.ones_like(log_prob)[:, None]
@@ -297,7 +334,7 @@ class ProtoActor:
     def act(self, params, obs, noise, key):
         out = self.forward(params, obs)
         if self.cfg.distribution == "blend":
-            mean, std = blend_params(out.weights, out.means, out.log_stds)
+            mean, std = blend_params(out.weights, out.means, out.log_stds, out.corrections)
             return jnp.tanh(mean + std * noise)
         component = jax.random.categorical(key, jnp.log(jnp.clip(out.weights, 1e-30, 1.0)))
         return jnp.tanh(out.means[component] + jnp.exp(out.log_stds[component]) * noise)
@@ -306,7 +343,7 @@ class ProtoActor:
         return self.deterministic_from(self.forward(params, obs))
 
     def deterministic_from(self, out: ProtoOutputs):
-        return self.action_from_weights(out.weights, out.means)
+        return self.action_from_weights(out.weights, out.means, out.corrections)
 
     @property
     def decides_top1(self) -> bool:
@@ -314,13 +351,18 @@ class ProtoActor:
         return self.cfg.decide == "top1" or (self.cfg.decide == "auto"
                                              and self.cfg.distribution == "mixture")
 
-    def action_from_weights(self, weights, means):
+    def action_from_weights(self, weights, means, corrections=None):
         """The deterministic action for weights [B, K]: the top prototype's own action
         tanh(m_argmax w) (decide top1; for a mixture, the mode-seeking choice) or the blend's
-        mean tanh(w @ m) (decide mean)."""
+        mean tanh(w @ m) (decide mean); with local corrections c [B, K, A] each prototype's
+        action at the state is m_k + c_k."""
         if self.decides_top1:
-            return jnp.tanh(means[jnp.argmax(weights, axis=-1)])
-        return jnp.tanh(weights @ means)
+            top = jnp.argmax(weights, axis=-1)
+            pre = means[top]
+            if corrections is not None:
+                pre = pre + jnp.take_along_axis(corrections, top[:, None, None], axis=1)[:, 0]
+            return jnp.tanh(pre)
+        return jnp.tanh(blend_mean(weights, means, corrections))
 
     def aux_loss(self, params, obs):
         return self._aux(params, self.forward(params, obs))
@@ -359,7 +401,12 @@ class ProtoActor:
         usage = jnp.mean(out.weights, axis=0)
         # agreement of the top prototype with the blend's mean (the centre of the exploring
         # policy); with decide top1 the deterministic action agrees by construction
-        decisions = decision_stats(out.weights, out.means, jnp.tanh(out.weights @ out.means))
+        decisions = decision_stats(out.weights, out.means,
+                                   jnp.tanh(blend_mean(out.weights, out.means, out.corrections)))
+        if out.corrections is not None:
+            # how far the local feedback moves the blend's mean from the heads' own (pre-squash)
+            metrics["proto/correction"] = jnp.mean(jnp.abs(
+                jnp.einsum("bk,bka->ba", out.weights, out.corrections)))
         return loss, {
             # prototypes whose batch usage is below 1/(10 K): effectively unused
             "proto/dead": jnp.sum(usage < 0.1 / usage.shape[0]).astype(jnp.float32),
@@ -585,7 +632,12 @@ def refit_heads(actor: ProtoActor, old_params, new_params, obs, ridge: float):
     gram = new.weights.T @ new.weights
     lam = ridge * jnp.trace(gram) / gram.shape[0] + 1e-8
     lhs = gram + lam * jnp.eye(gram.shape[0])
-    rhs = jnp.concatenate([new.weights.T @ (old.weights @ old.means) + lam * old.means,
+    # with local feedback (gains kept) the heads fit what the new corrections leave over:
+    # W' M' ~ mu_old - sum_k w'_k c'_k
+    target = blend_mean(old.weights, old.means, old.corrections)
+    if new.corrections is not None:
+        target = target - jnp.einsum("bk,bka->ba", new.weights, new.corrections)
+    rhs = jnp.concatenate([new.weights.T @ target + lam * old.means,
                            new.weights.T @ (old.weights @ old_stds) + lam * old_stds], axis=1)
     solved = spd_solve(lhs, rhs)
     means, stds = solved[:, :old.means.shape[1]], solved[:, old.means.shape[1]:]

@@ -156,7 +156,14 @@ def decisions(agent, eps: list[Episode], seed: int = 0) -> dict[str, Any]:
                          policy=interpret.random_policy(spec.action_dim,
                                                         cfg.proto.num_prototypes, seed))
     pixels = np.dtype(spec.obs_dtype) == np.uint8 and len(spec.obs_shape) == 3
-    return interpret.decision_metrics(
+    extra = {}
+    if agent.actor.has_local_gain:
+        obs = sac.prepare_obs(agent.learner, jnp.asarray(np.concatenate([e.obs for e in eps])),
+                              cfg.sac)
+        out = agent.actor.forward(agent.params, obs)
+        extra["local_correction"] = float(jnp.mean(jnp.abs(jnp.einsum(
+            "bk,bka->ba", out.weights, out.corrections))))
+    return extra | interpret.decision_metrics(
         np.concatenate([e.weights for e in eps]),
         np.asarray(agent.params["params"]["proto_means"]),
         np.concatenate([e.actions for e in eps]), np.concatenate([e.obs for e in eps]),
@@ -315,12 +322,16 @@ DECISION_LABELS = [
     ("return_random", "return of uniform random actions", "{:.1f}"),
     ("nearest_prototype_score", "(nearest - random) / (full - random): 1 = the prototypes alone "
      "play as well as the policy", "{:.2f}"),
+    ("local_correction", "how far the prototypes' local feedback (--local-gain) moves the "
+     "action from their own actions (mean |sum_k w_k c_k|, pre-squash)", "{:.3f}"),
 ]
 
 
 def _decisions_html(decisions: dict[str, Any]) -> str:
     rows = []
     for key, label, fmt in DECISION_LABELS:
+        if key == "local_correction" and key not in decisions:
+            continue  # a constant action per prototype: nothing to report
         value = decisions.get(key)
         shown = "—" if value is None else fmt.format(value)
         rows.append(f"<tr><th style='text-align:left'>{html.escape(label)}</th>"

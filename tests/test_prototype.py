@@ -1,5 +1,6 @@
 """The ProtoSAC math: log-probs, weights, aux losses, projection."""
 
+import dataclasses
 import math
 
 import jax
@@ -496,3 +497,96 @@ def test_spd_solve_matches_lapack_and_the_refit_calls_no_lapack_kernel():
     refit = jax.vmap(lambda p: prototype.refit_heads(actor, p, p, obs, 1e-3))
     text = str(jax.make_jaxpr(refit)(group))
     assert "lu[" not in text and "cholesky" not in text and "custom_linear_solve" not in text
+
+
+def _gained(bound=0.25, **kw):
+    """A states actor with local feedback, random gains and heads, prototype states set."""
+    actor = _states_actor(local_gain=bound, **kw)
+    obs = jax.random.normal(jax.random.PRNGKey(11), (64, 3))
+    params = actor.init(jax.random.PRNGKey(12), obs)
+    inner = dict(params["params"])
+    inner["proto_gains"] = 3.0 * jax.random.normal(jax.random.PRNGKey(13),
+                                                   inner["proto_gains"].shape)
+    inner["proto_means"] = jax.random.normal(jax.random.PRNGKey(14), inner["proto_means"].shape)
+    return actor, {**params, "params": inner, "prototype_states": obs[:4]}, obs
+
+
+def test_local_gain_is_zero_at_the_prototype_bounded_and_its_slope_is_the_gain():
+    actor, params, obs = _gained(bound=0.25)
+    assert params["params"]["proto_gains"].shape == (4, 2, 3)  # [K, A, D]
+    out = actor.forward(params, obs)
+    c = np.asarray(out.corrections)  # [B, K, A]
+    assert c.shape == (64, 4, 2) and np.abs(c).max() <= 0.25 + 1e-6
+    assert np.abs(c).max() > 0.2  # large random gains saturate somewhere: the bound binds
+    # prototype k's own state (rows 0..3 of obs): its correction is 0, so it acts m_k there
+    own = np.asarray(actor.forward(params, obs[:4]).corrections)
+    np.testing.assert_allclose(own[np.arange(4), np.arange(4)], 0.0, atol=1e-6)
+    # by hand: c_bk = b tanh(G_k (z_b - p_k) / b)
+    z, p = np.asarray(out.latents), np.asarray(out.prototypes)
+    gains = np.asarray(params["params"]["proto_gains"])
+    by_hand = 0.25 * np.tanh(np.einsum("kad,bkd->bka", gains, z[:, None] - p[None]) / 0.25)
+    np.testing.assert_allclose(c, by_hand, atol=1e-5)
+    # the deterministic action: tanh(sum_k w_k (m_k + c_bk)); top1: tanh(m_top + c_b,top)
+    w, m = np.asarray(out.weights), np.asarray(out.means)
+    np.testing.assert_allclose(np.asarray(actor.deterministic(params, obs)),
+                               np.tanh(w @ m + np.einsum("bk,bka->ba", w, c)), atol=1e-5)
+    top1 = _states_actor(local_gain=0.25, decide="top1")
+    top = w.argmax(-1)
+    np.testing.assert_allclose(np.asarray(top1.deterministic(params, obs)),
+                               np.tanh(m[top] + c[np.arange(64), top]), atol=1e-5)
+
+
+def test_local_gain_off_is_the_constant_actor_and_gains_start_at_zero():
+    plain = _states_actor()
+    assert "proto_gains" not in plain.init(jax.random.PRNGKey(0), jnp.zeros((2, 3)))["params"]
+    assert plain.forward(plain.init(jax.random.PRNGKey(0), jnp.ones((2, 3))),
+                         jnp.ones((2, 3))).corrections is None
+    gained = _states_actor(local_gain=0.25)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
+    params = gained.init(jax.random.PRNGKey(2), obs)
+    params = {**params, "prototype_states": obs[:4]}
+    # zero gains at init: the same policy as without them, yet the gains get a gradient
+    no_gains = {**params, "params": {k: v for k, v in params["params"].items()
+                                     if k != "proto_gains"}}
+    np.testing.assert_allclose(np.asarray(gained.deterministic(params, obs)),
+                               np.asarray(plain.deterministic(no_gains, obs)), atol=1e-6)
+    grad = jax.grad(lambda p: jnp.sum(gained.samples(p, obs, jax.random.PRNGKey(3))[0]))(params)
+    assert float(jnp.abs(grad["params"]["proto_gains"]).max()) > 0
+
+
+def test_refit_with_local_gain_fits_what_the_corrections_leave_over():
+    """After a re-selection the heads are re-fitted to the old policy's mean minus the new
+    corrections (gains kept): the refitted policy is much closer to the old one than the
+    unfitted move, and the gains are unchanged."""
+    actor, params, obs = _gained(bound=0.25, refit_ridge=1e-6)
+    moved = {**params, "prototype_states": obs[10:14]}
+    refit = prototype.refit_heads(actor, params, moved, obs, 1e-6)
+    np.testing.assert_array_equal(np.asarray(refit["params"]["proto_gains"]),
+                                  np.asarray(params["params"]["proto_gains"]))
+
+    def pre_mean(p):
+        out = actor.forward(p, obs)
+        return np.asarray(prototype.blend_mean(out.weights, out.means, out.corrections))
+
+    old = pre_mean(params)
+    err_moved = np.mean((pre_mean(moved) - old) ** 2)
+    err_refit = np.mean((pre_mean(refit) - old) ** 2)
+    # the best any heads can do under the new weights, corrections fixed
+    out = actor.forward(moved, obs)
+    w = np.asarray(out.weights, np.float64)
+    residual = old - np.einsum("bk,bka->ba", w, np.asarray(out.corrections))
+    best = np.mean((w @ np.linalg.lstsq(w, residual, rcond=None)[0] - residual) ** 2)
+    assert err_refit < 0.5 * err_moved, (err_refit, err_moved)
+    assert err_refit <= 1.1 * best + 1e-6, (err_refit, best)
+
+
+def test_local_gain_is_refused_with_a_mixture():
+    from protosac_jax import config as config_lib
+
+    cfg = config_lib.preset("pendulum")
+    bad = dataclasses.replace(cfg, proto=dataclasses.replace(
+        cfg.proto, distribution="mixture", local_gain=0.25))
+    with pytest.raises(config_lib.ConfigError, match="--local-gain needs --distribution blend"):
+        config_lib.validate(bad)
+    config_lib.validate(dataclasses.replace(cfg, proto=dataclasses.replace(
+        cfg.proto, local_gain=0.25)))
