@@ -131,6 +131,9 @@ def run_cli(*args, cwd=ROOT, script="train.py"):
     (["--weight-entropy-coef", "-1"], "--weight-entropy-coef must be a finite number >= 0"),
     (["--noise-correlation", "1"], "--noise-correlation must be in [0, 1)"),
     (["--seed", "-3"], "--seed must be an integer in [0, 2^31)"),
+    (["--local-gain", "-0.1"], "--local-gain must be a finite number >= 0"),
+    (["--local-gain", "0.25", "--distribution", "mixture"],
+     "--local-gain needs --distribution blend"),
     # groups (--num-seeds, --sweep): refused before anything is compiled or written
     (["--sweep", "batch_size=32,64"], "--sweep cannot vary 'batch_size'"),
     (["--sweep", "actor_lr"], "--sweep expects NAME=v1,v2"),
