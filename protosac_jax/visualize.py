@@ -73,7 +73,10 @@ def play_episodes(cfg, spec, actor, learner, num_episodes: int, seed: int = 0,
     if getattr(env, "on_host", False):
         play = _play_gymnasium
     else:
-        play = _play_device
+        # jitted once for all episodes (a bound method jitted anew is traced anew: an MJX step
+        # costs seconds to trace)
+        play = functools.partial(_play_device, (jax.jit(env.reset), jax.jit(env.step),
+                                                jax.jit(env.render_state)))
     return [play(env, spec, policy, seed + i, max_steps) for i in range(num_episodes)]
 
 
@@ -84,10 +87,8 @@ def _finish(obs, states, actions, weights, rewards, proto: bool) -> Episode:
                    rewards=np.asarray(rewards, np.float32))
 
 
-def _play_device(env, spec, policy, seed, max_steps) -> Episode:
-    reset = jax.jit(env.reset)
-    step = jax.jit(env.step)
-    render_state = jax.jit(env.render_state)
+def _play_device(jitted, env, spec, policy, seed, max_steps) -> Episode:
+    reset, step, render_state = jitted
     key = jax.random.PRNGKey(seed)
     env_state, obs = reset(key)
     rows = ([], [], [], [], [])
