@@ -1,11 +1,16 @@
 """Train runs and measure how readable their decisions are (issue #15's table).
 
     python benchmarks/decisions.py --env pendulum --seeds 0 1 2 3 4 [train.py flags ...]
+    python benchmarks/decisions.py --env pendulum --seeds 0 1 2 3 4 --group [flags ...]
+    python benchmarks/decisions.py --env pendulum --measure-group DIR --tag T [flags ...]
 
 For each seed: `train.py --env ENV --seed S --out OUT/<tag>-s<S> <flags>`, then on the final
 policy (5 evaluation episodes, seed 0) the decision metrics viz.py writes to viz.json
 ("decisions"), the top-1 deletion ratio (viz.py --faithfulness, k=1) and wall-clock. One JSON
-line per run is appended to --results (benchmarks/results/decisions.jsonl).
+line per run is appended to --results (benchmarks/results/decisions.jsonl). `--group` trains
+the seeds (consecutive, from the first) as one program (`train.py --num-seeds`) and measures
+each member; `--measure-group DIR` measures the members of a group trained earlier (the flags
+are recorded as given, so give the ones it was trained with).
 """
 
 from __future__ import annotations
@@ -48,7 +53,13 @@ def main() -> None:
     p.add_argument("--tag", default="default")
     p.add_argument("--out", default="/tmp/decisions")
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/decisions.jsonl"))
+    p.add_argument("--group", action="store_true",
+                   help="train the seeds as one group (train.py --num-seeds)")
+    p.add_argument("--measure-group", help="measure the members of this trained group")
     args, flags = p.parse_known_args()
+    if args.group or args.measure_group:
+        measure_group(args, flags)
+        return
     for seed in args.seeds:
         run = Path(args.out) / f"{args.env}-{args.tag}-s{seed}"
         t0 = time.time()
@@ -60,6 +71,29 @@ def main() -> None:
         row = {"env": args.env, "tag": args.tag, "seed": seed, "flags": flags,
                "train_wall_s": round(wall, 1), "final_eval": summary.get("final_eval"),
                **measure(run), "date": time.strftime("%Y-%m-%d")}
+        print(json.dumps(row), flush=True)
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def measure_group(args, flags) -> None:
+    group = Path(args.measure_group or Path(args.out) / f"{args.env}-{args.tag}-group")
+    wall = None
+    if not args.measure_group:
+        if args.seeds != list(range(args.seeds[0], args.seeds[0] + len(args.seeds))):
+            raise SystemExit("--group trains consecutive seeds (--seeds S S+1 ...)")
+        t0 = time.time()
+        subprocess.run([sys.executable, str(ROOT / "train.py"), "--env", args.env, "--seed",
+                        str(args.seeds[0]), "--num-seeds", str(len(args.seeds)), "--out",
+                        str(group), "--no-progress", "--quiet", *flags], check=True)
+        wall = round(time.time() - t0, 1)
+    members = json.loads((group / "seeds.json").read_text())["members"]
+    for member in members:
+        row = {"env": args.env, "tag": args.tag, "seed": member["seed"], "flags": flags,
+               "group_wall_s": wall, "group_size": len(members),
+               "final_eval": member["final_eval"], **measure(group / member["dir"]),
+               "date": time.strftime("%Y-%m-%d")}
         print(json.dumps(row), flush=True)
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         with open(args.results, "a") as f:
