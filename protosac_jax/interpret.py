@@ -71,7 +71,7 @@ def explain(actor, params, obs, top_k: int = 3) -> dict[str, np.ndarray]:
         "top_k_weights": np.take_along_axis(weights, top, axis=-1),
         "distances": np.asarray(out.distances),
         "contributions": contributions,  # w_k (m_k + c_k) per action dim (pre-squash)
-        "contribution_share": share,  # |w_k m_k| / sum_j |w_j m_j|
+        "contribution_share": share,  # |w_k (m_k + c_k)| / sum_j |w_j (m_j + c_j)|
         "top_k_share": np.take_along_axis(share, top[:, :, None], axis=1),
         "pre_squash_mean": contributions.sum(1),
         "action": np.asarray(actor.action_from_weights(
