@@ -97,7 +97,8 @@ def build_parser() -> OneLineParser:
       "--recent-window of the buffer (default 0 = uniform over the buffer)")
     a("--local-gain", type=float,
       help="bound b of each prototype's local feedback: it acts m_k + b tanh(G_k (z - p_k) / b) "
-      "(pre-squash); 0 = a constant action per prototype")
+      "(pre-squash; default 0.25, 0 with --distribution mixture); 0 = a constant action per "
+      "prototype")
     a("--recent-window", type=float,
       help="newest share of the buffer's rows --recent-share draws from (default 0.2)")
     a("--normalize-latent", type=parse_bool,
@@ -205,6 +206,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if getattr(args, flag) is not None:
             value = getattr(args, flag)
             proto[field] = None if value == "none" else value
+    if proto.get("distribution") == "mixture" and "local_gain" not in proto:
+        proto["local_gain"] = 0.0  # the default local feedback is a blend's (validate)
     for flag, field in [("hidden", "hidden_sizes"), ("batch_size", "batch_size"),
                         ("gamma", "gamma")]:
         if getattr(args, flag) is not None:

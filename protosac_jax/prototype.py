@@ -257,9 +257,11 @@ class ProtoActor:
 
     @property
     def has_local_gain(self) -> bool:
-        """Prototypes act with local feedback (cfg.local_gain; a traced, swept value counts)."""
+        """Prototypes act with local feedback (cfg.local_gain; a traced, swept value counts).
+        A blend's only: config.validate refuses a nonzero gain with a mixture."""
         gain = self.cfg.local_gain
-        return not (isinstance(gain, (int, float)) and gain == 0)
+        return self.cfg.distribution == "blend" and not (isinstance(gain, (int, float))
+                                                         and gain == 0)
 
     def init(self, key, obs):
         """Variables: {"params": trainable} and, for source "states", the network-ready

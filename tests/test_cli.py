@@ -75,6 +75,12 @@ def test_the_tiny_flags_are_tiny_cfg():
                   "100", "--eval-every", "1000", "--seed", "3") == long
 
 
+def test_local_gain_defaults_to_a_blend_s_and_to_0_for_a_mixture():
+    assert cfg_of("--env", "pendulum").proto.local_gain == 0.25
+    assert cfg_of("--env", "pendulum", "--distribution", "mixture").proto.local_gain == 0.0
+    assert cfg_of("--env", "pendulum", "--local-gain", "0").proto.local_gain == 0.0
+
+
 def test_old_config_files_keep_the_behaviour_they_were_trained_with():
     """A config.json written before the prototype sources existed loads as the original
     ProtoSAC (free prototypes, no learned temperature), not as today's defaults."""
@@ -82,12 +88,12 @@ def test_old_config_files_keep_the_behaviour_they_were_trained_with():
 
     data = config_lib.to_dict(config_lib.preset("pendulum"))
     for key in ("source", "normalize_latent", "target_weight_entropy", "target_action_spread",
-                "constraint_share"):
+                "constraint_share", "local_gain"):
         del data["proto"][key]
     proto = config_lib.from_dict(data).proto
     assert (proto.source, proto.normalize_latent, proto.target_weight_entropy,
-            proto.target_action_spread, proto.constraint_share) == ("free", False, None, None,
-                                                                    1.0)
+            proto.target_action_spread, proto.constraint_share, proto.local_gain) == (
+        "free", False, None, None, 1.0, 0.0)
 
 
 @pytest.mark.parametrize("argv", [["--baseline", "maybe"], ["--num-envs", "0"],

@@ -537,7 +537,7 @@ def test_local_gain_is_zero_at_the_prototype_bounded_and_its_slope_is_the_gain()
 
 
 def test_local_gain_off_is_the_constant_actor_and_gains_start_at_zero():
-    plain = _states_actor()
+    plain = _states_actor(local_gain=0.0)
     assert "proto_gains" not in plain.init(jax.random.PRNGKey(0), jnp.zeros((2, 3)))["params"]
     assert plain.forward(plain.init(jax.random.PRNGKey(0), jnp.ones((2, 3))),
                          jnp.ones((2, 3))).corrections is None
@@ -588,5 +588,7 @@ def test_local_gain_is_refused_with_a_mixture():
         cfg.proto, distribution="mixture", local_gain=0.25))
     with pytest.raises(config_lib.ConfigError, match="--local-gain needs --distribution blend"):
         config_lib.validate(bad)
+    # a mixture's actor never applies a gain, even when built directly from such a config
+    assert not prototype.ProtoActor(action_dim=1, cfg=bad.proto).has_local_gain
     config_lib.validate(dataclasses.replace(cfg, proto=dataclasses.replace(
         cfg.proto, local_gain=0.25)))
