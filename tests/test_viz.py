@@ -254,15 +254,17 @@ def _deterministic_rollout(agent, seed=0):
 
 
 def _deletion_changes(weights, means, deleted_sets):
-    """[B, len(sets)] L2 change of tanh(w @ m) (blend) when each set of prototypes is deleted
-    from every state's weights (renormalised over the rest); numpy, float64."""
-    base = np.tanh(weights @ means)
+    """[B, len(sets)] L2 change of tanh(sum_k w_k m_bk) (blend) when each set of prototypes is
+    deleted from every state's weights (renormalised over the rest); numpy, float64. `means`
+    [B, K, A]: each prototype's action at each state (its head plus its local correction)."""
+    blend = lambda w: np.tanh(np.einsum("bk,bka->ba", w, means))  # noqa: E731
+    base = blend(weights)
     out = []
     for deleted in deleted_sets:  # deleted: [B, k] prototype indices per state
         w = weights.copy()
         np.put_along_axis(w, deleted, 0.0, axis=-1)
         w /= w.sum(-1, keepdims=True)
-        out.append(np.linalg.norm(np.tanh(w @ means) - base, axis=-1))
+        out.append(np.linalg.norm(blend(w) - base, axis=-1))
     return np.stack(out, axis=1)
 
 
@@ -299,7 +301,10 @@ def test_faithfulness_export(pendulum_run, tmp_path):
     # Action changes recomputed here on those states from the actor's weights and means.
     fwd = agent.actor.forward(agent.params, sac.prepare_obs(
         agent.learner, jnp.asarray(states), agent.config.sac))
-    weights, means = np.asarray(fwd.weights, np.float64), np.asarray(fwd.means, np.float64)
+    weights = np.asarray(fwd.weights, np.float64)
+    means = np.broadcast_to(np.asarray(fwd.means, np.float64), weights.shape + fwd.means.shape[1:])
+    if fwd.corrections is not None:  # local feedback: prototype k acts m_k + c_bk at state b
+        means = means + np.asarray(fwd.corrections, np.float64)
     k_total = weights.shape[1]
     order = np.argsort(-weights, axis=-1, kind="stable")
     for i, k in enumerate(ks):
