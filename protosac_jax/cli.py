@@ -97,8 +97,8 @@ def build_parser() -> OneLineParser:
       "--recent-window of the buffer (default 0 = uniform over the buffer)")
     a("--local-gain", type=float,
       help="bound b of each prototype's local feedback: it acts m_k + b tanh(G_k (z - p_k) / b) "
-      "(pre-squash; default 0.25, 0 with --distribution mixture); 0 = a constant action per "
-      "prototype")
+      "(pre-squash; default 0.25 for MJX locomotion, else 0; 0 with --distribution mixture); 0 = "
+      "a constant action per prototype")
     a("--recent-window", type=float,
       help="newest share of the buffer's rows --recent-share draws from (default 0.2)")
     a("--normalize-latent", type=parse_bool,

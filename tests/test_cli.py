@@ -75,10 +75,12 @@ def test_the_tiny_flags_are_tiny_cfg():
                   "100", "--eval-every", "1000", "--seed", "3") == long
 
 
-def test_local_gain_defaults_to_a_blend_s_and_to_0_for_a_mixture():
-    assert cfg_of("--env", "pendulum").proto.local_gain == 0.25
-    assert cfg_of("--env", "pendulum", "--distribution", "mixture").proto.local_gain == 0.0
-    assert cfg_of("--env", "pendulum", "--local-gain", "0").proto.local_gain == 0.0
+def test_local_gain_is_the_locomotion_preset_s_and_0_for_a_mixture():
+    assert cfg_of("--env", "hopper").proto.local_gain == 0.25
+    assert cfg_of("--env", "hopper", "--distribution", "mixture").proto.local_gain == 0.0
+    assert cfg_of("--env", "hopper", "--local-gain", "0").proto.local_gain == 0.0
+    assert cfg_of("--env", "pendulum").proto.local_gain == 0.0
+    assert cfg_of("--env", "pendulum", "--local-gain", "0.1").proto.local_gain == 0.1
 
 
 def test_old_config_files_keep_the_behaviour_they_were_trained_with():

@@ -44,6 +44,8 @@ def test_members_are_lone_runs_and_swept_values_reach_them():
     reassociation) after the first updates; the two values give different parameters."""
     cfg = dataclasses.replace(config_lib.preset("pendulum"), total_steps=1000,
                               learning_starts=300, eval_every=1000, eval_episodes=2)
+    # with the locomotion preset's local feedback, so the gains are a member's too
+    cfg = dataclasses.replace(cfg, proto=dataclasses.replace(cfg.proto, local_gain=0.25))
     sweep = {"actor_lr": (1e-3, 3e-2)}
     named = groups.member_configs(dataclasses.replace(cfg, seed=3), 1, sweep)
     named += groups.member_configs(dataclasses.replace(cfg, seed=4), 1, sweep)[1:]

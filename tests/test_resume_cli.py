@@ -24,11 +24,12 @@ from protosac_jax import checkpoint, trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (env, steps of the first half, flags): pendulum warms up for 1000 steps; inverted_pendulum
+# (env, steps of the first half, flags): pendulum warms up for 1000 steps (with the local
+# feedback of the locomotion preset; test_checkpoint resumes the default); inverted_pendulum
 # (MJX, 16 envs, 4 updates per iteration) for 1000 instead of its preset's 5000 and evaluates
 # 2 episodes instead of 8 (the same program, 4x fewer steps: the suite's longest test), with a
 # buffer as long as its first half (the resume is then a compile-cache hit).
-CASES = [("pendulum", 1200, ()),
+CASES = [("pendulum", 1200, ("--local-gain", "0.25")),  # the gains resume exactly too
          ("inverted_pendulum", 1600, ("--learning-starts", "1000", "--eval-episodes", "2",
                                       "--buffer-size", "1600"))]
 
