@@ -86,6 +86,11 @@ def member_name(seed: int, values: dict[str, float]) -> str:
 def member_configs(cfg: TrainConfig, num_seeds: int,
                    sweep: dict[str, tuple[float, ...]]) -> list[tuple[str, TrainConfig]]:
     """(directory name, config) of every member: each value combination x each seed."""
+    if 0 in sweep.get("local_gain", ()):
+        # every swept member carries the gains; a lone run with bound 0 has none, so a member
+        # at 0 could not be loaded or resumed as the run its config.json describes
+        raise ConfigError("--sweep local_gain: values must be > 0 (0 is a network without "
+                          "gains: train it as a run or group of its own)")
     out = []
     for combo in itertools.product(*sweep.values()):
         values = dict(zip(sweep, combo))

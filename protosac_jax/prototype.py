@@ -192,7 +192,8 @@ def local_corrections(gains, latents, prototypes, bound):
     feedback at latent z_b (0 at its own state; slope G_k there)."""
     offset = (jnp.einsum("kad,bd->bka", gains, latents)
               - jnp.einsum("kad,kd->ka", gains, prototypes)[None])
-    return bound * jnp.tanh(offset / bound)
+    # a swept (traced) bound may be 0: no feedback, and no 0/0 in the value or the gradient
+    return bound * jnp.tanh(offset / jnp.maximum(bound, 1e-12))
 
 
 def mixture_log_prob(u, weights, means, log_stds):

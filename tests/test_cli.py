@@ -149,6 +149,7 @@ def run_cli(*args, cwd=ROOT, script="train.py"):
     (["--sweep", "actor_lr=1e-3,1e-3"], "a value is repeated"),
     (["--sweep", "gamma=0.9", "--sweep", "gamma=0.8"], "--sweep names gamma twice"),
     (["--sweep", "gamma=0.9,1.5"], "--gamma must be in (0, 1] (got 1.5)"),
+    (["--sweep", "local_gain=0,0.25"], "--sweep local_gain: values must be > 0"),
     (["--num-seeds", "0"], "--num-seeds must be an integer >= 1"),
     (["--num-seeds", "2", "--backend", "gymnasium"], "steps on the host (Gymnasium)"),
     (["--seed", "2147483647", "--num-seeds", "2"], "passes 2^31"),

@@ -554,6 +554,19 @@ def test_local_gain_off_is_the_constant_actor_and_gains_start_at_zero():
     assert float(jnp.abs(grad["params"]["proto_gains"]).max()) > 0
 
 
+def test_a_zero_bound_is_no_feedback_with_finite_gradients():
+    """--sweep local_gain=0,...: the gains exist for every member, and a member with bound 0
+    (a traced 0) acts with constant actions, its gradients finite (no 0/0)."""
+    gains = jax.random.normal(jax.random.PRNGKey(0), (4, 2, 3))
+    z, p = jax.random.normal(jax.random.PRNGKey(1), (5, 3)), jax.random.normal(
+        jax.random.PRNGKey(2), (4, 3))
+    f = lambda b, g: jnp.sum(prototype.local_corrections(g, z, p, b) ** 2)  # noqa: E731
+    zero = jax.jit(lambda b: prototype.local_corrections(gains, z, p, b))(0.0)
+    assert float(jnp.abs(zero).max()) == 0.0
+    grad = jax.jit(jax.grad(f, argnums=(0, 1)))(0.0, gains)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in grad)
+
+
 def test_refit_with_local_gain_fits_what_the_corrections_leave_over():
     """After a re-selection the heads are re-fitted to the old policy's mean minus the new
     corrections (gains kept): the refitted policy is much closer to the old one than the
