@@ -27,8 +27,8 @@ state-independent Gaussian over pre-squash actions: mean m_k, log-std l_k.
    Both: log pi(a) = log pi(u) - sum log(1 - tanh(u)^2).
    Local feedback (`local_gain` b > 0, blend): prototype k's mean at a state is
                m_k + c_k(z),  c_k(z) = b tanh(G_k (z - p_k) / b)  (G_k [A, D] learned, from 0):
-   exactly m_k at its own state, at most +-b away elsewhere, so a single prototype can hold an
-   unstable equilibrium (a constant action per cell cannot) and still says what is done there.
+   exactly m_k at its own state, at most +-b away elsewhere: state feedback inside a cell (a
+   constant action per cell has none), while m_k still says what is done there.
    Mixture gradients: the component index is discrete, so instead of sampling it we take one
    reparameterised sample u_k = m_k + exp(l_k) eps_k from *every* component and weight its loss
    term by w_k: E_pi[g(a)] = sum_k w_k E_eps[g(tanh(u_k))]. This is the exact (Rao-Blackwellised)
