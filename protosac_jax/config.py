@@ -354,7 +354,8 @@ def _field_name(section: str, field: str) -> str:
         else (flag or path)
 
 
-def _is_zero(value) -> bool:
+def is_static_zero(value) -> bool:
+    """A Python 0 (a traced, swept value is never static, whatever it holds)."""
     return isinstance(value, (int, float)) and value == 0
 
 
@@ -379,7 +380,7 @@ def validate(cfg: TrainConfig) -> None:
          "sac.log_std_min must be below sac.log_std_max"),
         (cfg.proto.log_std_min < cfg.proto.log_std_max,
          "proto.log_std_min must be below proto.log_std_max"),
-        (cfg.proto.distribution == "blend" or _is_zero(cfg.proto.local_gain),
+        (cfg.proto.distribution == "blend" or is_static_zero(cfg.proto.local_gain),
          "--local-gain needs --distribution blend (a mixture's components are constant; "
          "give --local-gain 0)"),
     ]

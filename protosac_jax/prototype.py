@@ -62,7 +62,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from protosac_jax.config import PrototypeConfig
+from protosac_jax.config import PrototypeConfig, is_static_zero
 from protosac_jax.networks import MLP, gaussian_log_prob, tanh_log_det
 
 
@@ -174,11 +174,16 @@ def orthogonality_loss(prototypes):
     return jnp.sum((gram - jnp.eye(prototypes.shape[0])) ** 2)
 
 
+def weighted_corrections(weights, corrections):
+    """sum_k w_bk c_bk [B, A]: how far the local corrections move the blend's mean."""
+    return jnp.einsum("bk,bka->ba", weights, corrections)
+
+
 def blend_mean(weights, means, corrections=None):
     """w @ m, plus sum_k w_k c_k with local corrections c [B, K, A] (pre-squash)."""
     mean = weights @ means
     if corrections is not None:
-        mean = mean + jnp.einsum("bk,bka->ba", weights, corrections)
+        mean = mean + weighted_corrections(weights, corrections)
     return mean
 
 
@@ -260,9 +265,7 @@ class ProtoActor:
     def has_local_gain(self) -> bool:
         """Prototypes act with local feedback (cfg.local_gain; a traced, swept value counts).
         A blend's only: config.validate refuses a nonzero gain with a mixture."""
-        gain = self.cfg.local_gain
-        return self.cfg.distribution == "blend" and not (isinstance(gain, (int, float))
-                                                         and gain == 0)
+        return self.cfg.distribution == "blend" and not is_static_zero(self.cfg.local_gain)
 
     def init(self, key, obs):
         """Variables: {"params": trainable} and, for source "states", the network-ready
@@ -413,7 +416,7 @@ class ProtoActor:
         if out.corrections is not None:
             # how far the local feedback moves the blend's mean from the heads' own (pre-squash)
             metrics["proto/correction"] = jnp.mean(jnp.abs(
-                jnp.einsum("bk,bka->ba", out.weights, out.corrections)))
+                weighted_corrections(out.weights, out.corrections)))
         return loss, {
             # prototypes whose batch usage is below 1/(10 K): effectively unused
             "proto/dead": jnp.sum(usage < 0.1 / usage.shape[0]).astype(jnp.float32),
@@ -643,7 +646,7 @@ def refit_heads(actor: ProtoActor, old_params, new_params, obs, ridge: float):
     # W' M' ~ mu_old - sum_k w'_k c'_k
     target = blend_mean(old.weights, old.means, old.corrections)
     if new.corrections is not None:
-        target = target - jnp.einsum("bk,bka->ba", new.weights, new.corrections)
+        target = target - weighted_corrections(new.weights, new.corrections)
     rhs = jnp.concatenate([new.weights.T @ target + lam * old.means,
                            new.weights.T @ (old.weights @ old_stds) + lam * old_stds], axis=1)
     solved = spd_solve(lhs, rhs)

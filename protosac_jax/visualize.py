@@ -162,8 +162,8 @@ def decisions(agent, eps: list[Episode], seed: int = 0) -> dict[str, Any]:
         obs = sac.prepare_obs(agent.learner, jnp.asarray(np.concatenate([e.obs for e in eps])),
                               cfg.sac)
         out = agent.actor.forward(agent.params, obs)
-        extra["local_correction"] = float(jnp.mean(jnp.abs(jnp.einsum(
-            "bk,bka->ba", out.weights, out.corrections))))
+        extra["local_correction"] = float(jnp.mean(jnp.abs(prototype.weighted_corrections(
+            out.weights, out.corrections))))
     return extra | interpret.decision_metrics(
         np.concatenate([e.weights for e in eps]),
         np.asarray(agent.params["params"]["proto_means"]),
