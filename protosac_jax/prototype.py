@@ -725,8 +725,8 @@ def select_prototype_states(actor: ProtoActor, params, cand_obs, cand_render, si
     cfg = actor.cfg
     chunk = max(1, min(chunk, cfg.kmeans_samples))
     blocks = -(-cfg.kmeans_samples // chunk)
-    if isinstance(cfg.recent_share, float) and cfg.recent_share == 0.0:
-        newest = None  # a static 0: the uniform rows alone (a swept share is traced)
+    if is_static_zero(cfg.recent_share):
+        newest = None  # the uniform rows alone (a swept share is traced)
     ids = candidate_rows(key, blocks * chunk, size, newest, cfg.recent_share,
                          cfg.recent_window)
     rows = transform(cand_obs[ids])
