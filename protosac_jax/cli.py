@@ -122,6 +122,15 @@ def build_parser() -> OneLineParser:
     a("--updates-per-step", type=float, help="gradient updates per env step")
     a("--noise-correlation", type=float, help="AR(1) exploration-noise correlation in [0,1)")
     a("--gamma", type=float)
+    a("--n-step", type=int,
+      help="n-step returns for the critic's target (default 1; cut at episode ends)")
+    a("--layer-norm", choices=["none", "critic", "all"],
+      help="LayerNorm before each hidden ReLU: none (default), critic, or all networks")
+    a("--weight-decay", type=float,
+      help="AdamW decoupled weight decay on the Dense kernels (default 0 = Adam)")
+    a("--init-alpha", type=float, help="initial SAC temperature alpha (default 1)")
+    a("--target-entropy", type=parse_optional_float,
+      help="SAC's target policy entropy (default none = -|A|)")
     a("--eval-every", type=int)
     a("--eval-episodes", type=int)
     a("--num-seeds", type=int,
@@ -209,9 +218,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if proto.get("distribution") == "mixture" and "local_gain" not in proto:
         proto["local_gain"] = 0.0  # the default local feedback is a blend's (validate)
     for flag, field in [("hidden", "hidden_sizes"), ("batch_size", "batch_size"),
-                        ("gamma", "gamma")]:
+                        ("gamma", "gamma"), ("n_step", "n_step"), ("layer_norm", "layer_norm"),
+                        ("weight_decay", "weight_decay"), ("init_alpha", "init_alpha"),
+                        ("target_entropy", "target_entropy")]:
         if getattr(args, flag) is not None:
-            sac[field] = getattr(args, flag)
+            value = getattr(args, flag)
+            sac[field] = None if value == "none" else value
     if args.lr is not None:
         sac.update(actor_lr=args.lr, critic_lr=args.lr, alpha_lr=args.lr)
     if args.episodes is not None:

@@ -37,6 +37,19 @@ class SACConfig:
     log_std_max: float = 2.0
     # Normalise observations with running mean/std (as brax SAC); stats saved with the learner.
     normalize_obs: bool = False
+    # Modern-SAC ingredients (issue #17; benchmarks/RESULTS.md "SAC ingredients" has what each
+    # paid on this machine). LayerNorm before each hidden ReLU: "none", "critic" (BRO, SimBa,
+    # FastTD3 put it in the critic) or "all" (critic, actor / prototype encoder).
+    layer_norm: str = "none"
+    # Decoupled weight decay (AdamW, Loshchilov & Hutter 2019) on the actor's and critics'
+    # Dense kernels; 0 = plain Adam. Biases, LayerNorm scales, prototype heads and the learned
+    # temperatures / dual variables are never decayed.
+    weight_decay: float = 0.0
+    # n-step returns (Sutton 1988; Rainbow, FastTD3): the critic's target sums n rewards and
+    # bootstraps with gamma^n from the n-th next state. An episode that ends (terminates or is
+    # truncated) inside the n steps cuts the sum there: a termination stops the bootstrap, a
+    # truncation bootstraps from its final observation with gamma^m, m <= n the steps taken.
+    n_step: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,11 +322,14 @@ DOMAINS: dict[tuple[str, str], tuple[str | None, _Domain]] = {
     ("sac", "gamma"): ("--gamma", _real(0.0, 1.0, low_open=True)),
     ("sac", "tau"): (None, _real(0.0, 1.0, low_open=True)),
     ("sac", "batch_size"): ("--batch-size", _int(1)),
-    ("sac", "init_alpha"): (None, POSITIVE),
-    ("sac", "target_entropy"): (None, _optional(_real())),
+    ("sac", "init_alpha"): ("--init-alpha", POSITIVE),
+    ("sac", "target_entropy"): ("--target-entropy", _optional(_real())),
     ("sac", "log_std_min"): (None, _real()),
     ("sac", "log_std_max"): (None, _real()),
     ("sac", "normalize_obs"): (None, _bool()),
+    ("sac", "layer_norm"): ("--layer-norm", _choice("none", "critic", "all")),
+    ("sac", "weight_decay"): ("--weight-decay", NON_NEGATIVE),
+    ("sac", "n_step"): ("--n-step", _int(1)),
     ("proto", "num_prototypes"): ("--num-prototypes", _int(1)),
     ("proto", "latent_dim"): ("--latent-dim", _int(1)),
     ("proto", "encoder_hidden"): (None, _widths(optional=True)),
@@ -380,6 +396,9 @@ def validate(cfg: TrainConfig) -> None:
          "sac.log_std_min must be below sac.log_std_max"),
         (cfg.proto.log_std_min < cfg.proto.log_std_max,
          "proto.log_std_min must be below proto.log_std_max"),
+        (cfg.sac.n_step == 1 or cfg.learning_starts >= cfg.sac.n_step * cfg.num_envs,
+         f"--n-step {cfg.sac.n_step} needs --learning-starts >= n-step x --num-envs "
+         f"({cfg.sac.n_step * cfg.num_envs}): the first targets read that many steps ahead"),
         (cfg.proto.distribution == "blend" or is_static_zero(cfg.proto.local_gain),
          "--local-gain needs --distribution blend (a mixture's components are constant; "
          "give --local-gain 0)"),
@@ -538,7 +557,7 @@ def from_json(text: str) -> TrainConfig:
 # a traced scalar of each member (config_lib.with_values).
 SWEEPABLE: dict[str, str] = {
     "actor_lr": "sac", "critic_lr": "sac", "alpha_lr": "sac", "gamma": "sac", "tau": "sac",
-    "init_alpha": "sac", "target_entropy": "sac",
+    "init_alpha": "sac", "target_entropy": "sac", "weight_decay": "sac",
     "temperature": "proto", "target_weight_entropy": "proto",
     "target_action_spread": "proto", "ortho_coef": "proto", "weight_entropy_coef": "proto",
     "usage_entropy_coef": "proto", "proximity_coef": "proto", "log_eps": "proto",

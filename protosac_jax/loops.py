@@ -92,8 +92,9 @@ def make_actor(cfg: TrainConfig, action_dim: int):
 
     if cfg.baseline:
         return GaussianActor(action_dim, tuple(cfg.sac.hidden_sizes), cfg.sac.log_std_min,
-                             cfg.sac.log_std_max)
-    return ProtoActor(action_dim, cfg.proto, tuple(cfg.sac.hidden_sizes))
+                             cfg.sac.log_std_max, layer_norm=cfg.sac.layer_norm == "all")
+    return ProtoActor(action_dim, cfg.proto, tuple(cfg.sac.hidden_sizes),
+                      layer_norm=cfg.sac.layer_norm == "all")
 
 
 def init_state(loop: Loop, key) -> TrainState:
@@ -115,7 +116,8 @@ def init_state(loop: Loop, key) -> TrainState:
     example = replay.Transition(
         obs=obs[0], action=jnp.zeros((spec.action_dim,), jnp.float32),
         reward=jnp.zeros((), jnp.float32), next_obs=next_obs,
-        terminated=jnp.zeros((), jnp.float32), render_state=render)
+        terminated=jnp.zeros((), jnp.float32), render_state=render,
+        episode_end=jnp.zeros((), jnp.float32) if cfg.sac.n_step > 1 else None)
     ts = TrainState(
         learner=learner,
         buffer=replay.init(config_lib.buffer_capacity(cfg), example),
@@ -166,10 +168,11 @@ def record_step(loop: Loop, ts: TrainState, actions, result: StepResult, render)
     next_obs = result.final_obs
     if spec.frame_channels:  # stacked pixels: store the newest frame only (replay.py)
         next_obs = next_obs[..., -spec.frame_channels:]
+    done = jnp.logical_or(result.terminated, result.truncated)
     transition = replay.Transition(
         obs=ts.obs, action=actions, reward=result.reward, next_obs=next_obs,
-        terminated=result.terminated.astype(jnp.float32), render_state=render)
-    done = jnp.logical_or(result.terminated, result.truncated)
+        terminated=result.terminated.astype(jnp.float32), render_state=render,
+        episode_end=done.astype(jnp.float32) if cfg.sac.n_step > 1 else None)
     episode_return = ts.episode_return + result.reward
     finished = (jnp.sum(jnp.where(done, episode_return, 0.0)), jnp.sum(done))
     learner = ts.learner
@@ -309,7 +312,7 @@ def update_step(loop: Loop, ts: TrainState):
     dynamic = None if isinstance(num_updates, int) else num_updates
     learner, metrics = sac.update_many(
         ts.learner, ts.buffer, update_key, loop.max_updates_per_iteration, loop.actor,
-        loop.cfg.sac, loop.spec.action_dim, num_active=dynamic)
+        loop.cfg.sac, loop.spec.action_dim, num_active=dynamic, stride=loop.cfg.num_envs)
     ts = ts.replace(learner=learner, rng=rng, update_credit=credit)
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
     return (maybe_project(loop, ts, updates_before), metrics,

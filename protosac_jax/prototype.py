@@ -88,9 +88,10 @@ class ProtoNet(nn.Module):
     init_temperature: float | None = None  # set: log tau is a learned parameter
     learn_spread_coef: bool = False  # log lambda of the action-spread penalty is learned
     local_gains: bool = False  # per-prototype gains G_k [A, D] of the local feedback
+    layer_norm: bool = False  # LayerNorm in the encoder's hidden layers (networks.MLP)
 
     def setup(self):
-        self.encoder = MLP(self.encoder_hidden, self.latent_dim)
+        self.encoder = MLP(self.encoder_hidden, self.latent_dim, self.layer_norm)
         if self.free_prototypes:
             self.prototypes = self.param(
                 "prototypes", nn.initializers.normal(1.0),
@@ -237,6 +238,7 @@ class ProtoActor:
     action_dim: int
     cfg: PrototypeConfig = PrototypeConfig()
     hidden_sizes: tuple[int, ...] = (256, 256)
+    layer_norm: bool = False  # in the encoder (SACConfig.layer_norm "all")
 
     @property
     def states_source(self) -> bool:
@@ -259,6 +261,7 @@ class ProtoActor:
             init_temperature=self.cfg.temperature if self.learns_temperature else None,
             learn_spread_coef=self.cfg.target_action_spread is not None,
             local_gains=self.has_local_gain,
+            layer_norm=self.layer_norm,
         )
 
     @property

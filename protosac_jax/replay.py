@@ -22,6 +22,12 @@ class Transition:
     next_obs: Any
     terminated: jax.Array  # 1.0 at a true terminal state (no bootstrap); 0.0 on truncation
     render_state: jax.Array  # what the env needs to draw `obs` (for prototype provenance)
+    # 1.0 where the env's episode ended at this step (terminated or truncated). Stored only
+    # for n-step returns (None otherwise, so a 1-step run's buffer is what it always was).
+    episode_end: Any = None
+    # Discount of the bootstrap term of a sampled n-step transition (gamma^m); None for
+    # 1-step samples (the critic uses gamma). Never stored.
+    discount: Any = None
 
 
 @flax.struct.dataclass
@@ -70,6 +76,39 @@ def sample(state: ReplayState, key: jax.Array, batch_size: int) -> Any:
     if isinstance(batch, Transition):
         batch = batch.replace(next_obs=full_next_obs(batch.obs, batch.next_obs))
     return batch
+
+
+def sample_n_step(state: ReplayState, key: jax.Array, batch_size: int, n: int, stride: int,
+                  gamma) -> Transition:
+    """Uniform sample of n-step transitions (s_t, a_t, R, s_{t+m}, terminated, gamma^m).
+
+    Rows are written `stride` (the number of envs) at a time, env e's step t at global
+    position t * stride + e, so env e's next step is `stride` rows later, also across the
+    ring's wrap. R = sum_{j<m} gamma^j r_{t+j}, where m <= n stops after the first step whose
+    episode ended; `terminated` is that last step's (a truncation bootstraps from its final
+    observation). Starts are drawn among the rows whose n - 1 successors are written.
+    """
+    capacity = state.capacity
+    span = (n - 1) * stride
+    oldest = (state.insert_position - state.size) % capacity
+    offsets = jax.random.randint(key, (batch_size,), 0, jnp.maximum(state.size - span, 1))
+    rows = (oldest + offsets) % capacity
+    steps = (rows[:, None] + stride * jnp.arange(n)[None, :]) % capacity  # [B, n]
+    data = state.data
+    ends = data.episode_end[steps]
+    # alive[:, j] = 1 while no episode ended in steps 0..j-1 of the window
+    ended_before = jnp.cumsum(ends, axis=1) - ends
+    alive = (ended_before == 0).astype(jnp.float32)
+    powers = jnp.asarray(gamma, jnp.float32) ** jnp.arange(n, dtype=jnp.float32)
+    reward = jnp.sum(alive * powers[None] * data.reward[steps], axis=1)
+    taken = jnp.sum(alive, axis=1).astype(jnp.int32)  # m >= 1
+    last = jnp.take_along_axis(steps, (taken - 1)[:, None], axis=1)[:, 0]
+    first = jax.tree_util.tree_map(lambda buf: buf[rows], data)
+    return first.replace(
+        reward=reward,
+        next_obs=full_next_obs(data.obs[last], data.next_obs[last]),
+        terminated=data.terminated[last],
+        discount=jnp.asarray(gamma, jnp.float32) ** taken.astype(jnp.float32))
 
 
 def full_next_obs(obs, next_obs):

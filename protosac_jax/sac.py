@@ -5,6 +5,7 @@ on which one it is. Losses follow Haarnoja et al. 2018 (v2, automatic temperatur
 
   critic  L_Q = 1/2 sum_i E[(Q_i(s,a) - y)^2],
           y = r + gamma (1 - terminated) sum_s w_s [min_i Q'_i(s', a'_s) - alpha log pi(a'_s|s')]
+          (n-step: r the discounted sum of m <= n rewards, gamma^m, s' the m-th next state)
   actor   L_pi = E[sum_s w_s (alpha log pi(a_s|s) - min_i Q_i(s, a_s))] + aux(actor)
   alpha   L_alpha = -log(alpha) * (E[sum_s w_s log pi(a_s|s)] + target_entropy)
 
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from protosac_jax import replay
-from protosac_jax.config import SACConfig
+from protosac_jax.config import SACConfig, is_static_zero
 from protosac_jax.networks import TwinCritic, is_pixels
 
 
@@ -76,7 +77,8 @@ class SACState:
 
 
 def make_critic(cfg: SACConfig) -> TwinCritic:
-    return TwinCritic(hidden_sizes=tuple(cfg.hidden_sizes))
+    return TwinCritic(hidden_sizes=tuple(cfg.hidden_sizes),
+                      layer_norm=cfg.layer_norm in ("critic", "all"))
 
 
 def trainable(actor_params):
@@ -85,8 +87,19 @@ def trainable(actor_params):
     return {"params": actor_params["params"]}
 
 
+def decayed(params):
+    """Weight-decay mask: True for Dense/Conv kernels, False for everything else (biases,
+    LayerNorm scales, prototype means/log-stds/gains, learned temperatures and penalties)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
 def _optimizers(cfg: SACConfig):
-    return optax.adam(cfg.actor_lr), optax.adam(cfg.critic_lr), optax.adam(cfg.alpha_lr)
+    if is_static_zero(cfg.weight_decay):
+        return optax.adam(cfg.actor_lr), optax.adam(cfg.critic_lr), optax.adam(cfg.alpha_lr)
+    return (optax.adamw(cfg.actor_lr, weight_decay=cfg.weight_decay, mask=decayed),
+            optax.adamw(cfg.critic_lr, weight_decay=cfg.weight_decay, mask=decayed),
+            optax.adam(cfg.alpha_lr))
 
 
 def target_entropy(cfg: SACConfig, action_dim: int) -> float:
@@ -129,7 +142,8 @@ def critic_loss(critic_params, state: SACState, batch: replay.Transition, key, a
     next_obs = _broadcast_obs(batch.next_obs, next_actions.shape[1])
     next_q = jnp.min(critic.apply(state.target_critic_params, next_obs, next_actions), axis=0)
     next_v = jnp.sum(next_weights * (next_q - alpha * next_log_probs), axis=-1)
-    target = batch.reward + cfg.gamma * (1.0 - batch.terminated) * next_v
+    discount = cfg.gamma if batch.discount is None else batch.discount  # n-step: gamma^m
+    target = batch.reward + discount * (1.0 - batch.terminated) * next_v
     target = jax.lax.stop_gradient(target)
     q = critic.apply(critic_params, batch.obs, batch.action)  # [2, B]
     loss = 0.5 * jnp.sum(jnp.mean((q - target[None]) ** 2, axis=-1))
@@ -165,13 +179,15 @@ def update(state: SACState, batch: replay.Transition, key, actor, cfg: SACConfig
 
     critic_grads, critic_metrics = jax.grad(critic_loss, has_aux=True)(
         state.critic_params, state, batch, critic_key, actor, cfg)
-    critic_updates, critic_opt_state = critic_opt.update(critic_grads, state.critic_opt_state)
+    critic_updates, critic_opt_state = critic_opt.update(critic_grads, state.critic_opt_state,
+                                                         state.critic_params)
     critic_params = optax.apply_updates(state.critic_params, critic_updates)
 
     actor_grads, (log_prob, actor_metrics) = jax.grad(actor_loss, has_aux=True)(
         trainable(state.actor_params), critic_params, state.log_alpha, batch.obs, actor_key,
         actor, cfg, state.actor_params)
-    actor_updates, actor_opt_state = actor_opt.update(actor_grads, state.actor_opt_state)
+    actor_updates, actor_opt_state = actor_opt.update(actor_grads, state.actor_opt_state,
+                                                      trainable(state.actor_params))
     actor_params = {**state.actor_params,
                     **optax.apply_updates(trainable(state.actor_params), actor_updates)}
 
@@ -196,9 +212,18 @@ def update(state: SACState, batch: replay.Transition, key, actor, cfg: SACConfig
     return new_state, metrics
 
 
+def sample_batch(buffer: replay.ReplayState, key, cfg: SACConfig, stride: int):
+    """A uniform training batch: 1-step transitions, or n-step ones (cfg.n_step > 1) read
+    `stride` (= the number of envs) rows apart."""
+    if cfg.n_step == 1:
+        return replay.sample(buffer, key, cfg.batch_size)
+    return replay.sample_n_step(buffer, key, cfg.batch_size, cfg.n_step, stride, cfg.gamma)
+
+
 def update_many(state: SACState, buffer: replay.ReplayState, key, num_updates: int, actor,
-                cfg: SACConfig, action_dim: int, num_active=None):
-    """`num_updates` gradient steps in one `lax.scan`, each on a fresh uniform batch.
+                cfg: SACConfig, action_dim: int, num_active=None, stride: int = 1):
+    """`num_updates` gradient steps in one `lax.scan`, each on a fresh uniform batch
+    (`sample_batch`; `stride` is the number of envs writing the buffer).
 
     With `num_active` (a traced int <= num_updates) only the first `num_active` steps run,
     the others are skipped by `lax.cond` (a fractional update ratio, loops.update_step).
@@ -207,7 +232,7 @@ def update_many(state: SACState, buffer: replay.ReplayState, key, num_updates: i
 
     def one(carry, step_key):
         sample_key, update_key = jax.random.split(step_key)
-        batch = replay.sample(buffer, sample_key, cfg.batch_size)
+        batch = sample_batch(buffer, sample_key, cfg, stride)
         return update(carry, batch, update_key, actor, cfg, action_dim)
 
     if num_active is None:

@@ -34,14 +34,22 @@ def leaves_equal(a, b):
                                       for x, y in zip(la, lb))
 
 
-# the SAC case also runs a fractional update ratio: the update credit is saved and resumed
-@pytest.mark.parametrize("baseline,ups", [(False, 1.0), (True, 0.333)])
-def test_resume_is_bitwise_identical_to_one_go(tmp_path, baseline, ups):
-    one_go = protosac_jax.train(small_cfg(baseline=baseline, total_steps=1500,
-                                          updates_per_step=ups),
-                                out=tmp_path / "one", progress=False, quiet=True)
-    half = protosac_jax.train(small_cfg(baseline=baseline, updates_per_step=ups),
-                              out=tmp_path / "two", progress=False, quiet=True)
+# the SAC case also runs a fractional update ratio: the update credit is saved and resumed;
+# "ingredients" trains with n-step returns (the buffer keeps episode ends), LayerNorm and AdamW
+@pytest.mark.parametrize("baseline,ups,ingredients", [(False, 1.0, False), (True, 0.333, False),
+                                                      (False, 1.0, True)],
+                         ids=["protosac", "sac", "protosac-ingredients"])
+def test_resume_is_bitwise_identical_to_one_go(tmp_path, baseline, ups, ingredients):
+    def cfg(**kw):
+        out = small_cfg(baseline=baseline, updates_per_step=ups, **kw)
+        if ingredients:
+            out = dataclasses.replace(out, sac=dataclasses.replace(
+                out.sac, n_step=3, layer_norm="all", weight_decay=0.01))
+        return out
+
+    one_go = protosac_jax.train(cfg(total_steps=1500), out=tmp_path / "one", progress=False,
+                                quiet=True)
+    half = protosac_jax.train(cfg(), out=tmp_path / "two", progress=False, quiet=True)
     assert int(half.state.env_steps) == 1000
     if ups != 1.0:  # 500 updating iterations x 333/1000: 166 updates, 500/1000 still owed
         assert int(half.state.learner.num_updates) == 166

@@ -66,6 +66,16 @@ def test_flags_override_preset():
     assert cfg.proto.target_action_spread == 0.01
 
 
+def test_sac_ingredient_flags():
+    cfg = cfg_of("--n-step", "3", "--layer-norm", "critic", "--weight-decay", "0.01",
+                 "--init-alpha", "0.1", "--target-entropy", "-2")
+    assert (cfg.sac.n_step, cfg.sac.layer_norm, cfg.sac.weight_decay) == (3, "critic", 0.01)
+    assert (cfg.sac.init_alpha, cfg.sac.target_entropy) == (0.1, -2.0)
+    default = cfg_of().sac
+    assert (default.n_step, default.layer_norm, default.weight_decay) == (1, "none", 0.0)
+    assert cfg_of("--target-entropy", "none").sac.target_entropy is None
+
+
 def test_the_tiny_flags_are_tiny_cfg():
     """tests/tiny.py's flags (subprocess tests) and tiny_cfg (in-process tests) are one config,
     so both make the one compiled program the suite shares."""
@@ -105,7 +115,10 @@ def test_old_config_files_keep_the_behaviour_they_were_trained_with():
                                   ["--hidden", "a,b"], ["--proto-init", "zeros"],
                                   ["--prototypes", "both"], ["--temperature", "0"],
                                   ["--target-weight-entropy", "-1"],
-                                  ["--target-weight-entropy", "low"]])
+                                  ["--target-weight-entropy", "low"],
+                                  ["--n-step", "0"], ["--layer-norm", "batch"],
+                                  ["--weight-decay", "-0.1"], ["--init-alpha", "0"],
+                                  ["--n-step", "3", "--learning-starts", "2"]])
 def test_bad_flags_raise_config_errors(argv):
     from protosac_jax.envs import EnvError
 
@@ -140,6 +153,8 @@ def run_cli(*args, cwd=ROOT, script="train.py"):
     (["--noise-correlation", "1"], "--noise-correlation must be in [0, 1)"),
     (["--seed", "-3"], "--seed must be an integer in [0, 2^31)"),
     (["--local-gain", "-0.1"], "--local-gain must be a finite number >= 0"),
+    (["--env", "hopper", "--n-step", "3", "--learning-starts", "256"],
+     "--n-step 3 needs --learning-starts >= n-step x --num-envs (384)"),
     (["--local-gain", "0.25", "--distribution", "mixture"],
      "--local-gain needs --distribution blend"),
     # groups (--num-seeds, --sweep): refused before anything is compiled or written

@@ -85,3 +85,54 @@ def test_resize_of_a_wrapped_buffer_keeps_every_transition_oldest_first():
     np.testing.assert_array_equal(np.asarray(grown.data["reward"]), [9, 4, 5, 6, 7, 8])
     with pytest.raises(ValueError, match="shrink"):
         replay.resize(state, 3)
+
+
+def _n_step_buffer(capacity=8):
+    """Two envs (stride 2), steps t = 0..5 at global index g = 2t + e, written into 8 rows
+    (so rows hold g = 4..11 after the wrap). obs = g, reward = g + 1, next_obs = g + 100; env 0's
+    episode terminates at g = 6, env 1's is truncated at g = 5."""
+    example = replay.Transition(obs=jnp.zeros(1), action=jnp.zeros(1), reward=jnp.zeros(()),
+                                next_obs=jnp.zeros(1), terminated=jnp.zeros(()),
+                                render_state=jnp.zeros(1), episode_end=jnp.zeros(()))
+    state = replay.init(capacity, example)
+    for t in range(6):
+        g = np.array([2 * t, 2 * t + 1], np.float32)
+        state = replay.insert(state, replay.Transition(
+            obs=g[:, None], action=np.zeros((2, 1)), reward=g + 1, next_obs=g[:, None] + 100,
+            terminated=np.float32(g == 6), render_state=np.zeros((2, 1)),
+            episode_end=np.float32((g == 6) | (g == 5))))
+    return state
+
+
+def test_n_step_sample_sums_rewards_within_the_episode_and_across_the_wrap():
+    gamma = 0.9
+    state = _n_step_buffer()
+    batch = jax.jit(replay.sample_n_step, static_argnums=(2, 3, 4))(
+        state, jax.random.PRNGKey(0), 4000, 3, 2, gamma)
+    # start g -> (n-step return, next obs, terminated, discount), worked out by hand
+    expected = {
+        4: (5 + gamma * 7, 106, 1.0, gamma**2),   # env 0: g 4, then 6 terminates
+        5: (6, 105, 0.0, gamma),                  # env 1: truncated at once, bootstrap
+        6: (7, 106, 1.0, gamma),                  # terminates at once
+        7: (8 + gamma * 10 + gamma**2 * 12, 111, 0.0, gamma**3),  # g 7, 9, 11 (wraps)
+    }
+    starts = np.asarray(batch.obs[:, 0]).astype(int)
+    assert set(starts) == set(expected)  # 8, 9, 10, 11 lack 2 written successors
+    assert np.bincount(starts)[4:].min() > 800
+    for g, (ret, nxt, term, disc) in expected.items():
+        rows = starts == g
+        np.testing.assert_allclose(np.asarray(batch.reward)[rows], ret, rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(batch.next_obs)[rows, 0], nxt)
+        np.testing.assert_array_equal(np.asarray(batch.terminated)[rows], term)
+        np.testing.assert_allclose(np.asarray(batch.discount)[rows], disc, rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(batch.action)[rows], 0.0)
+
+
+def test_n_step_of_one_is_the_one_step_transition():
+    state = _n_step_buffer()
+    batch = replay.sample_n_step(state, jax.random.PRNGKey(1), 500, 1, 2, 0.9)
+    starts = np.asarray(batch.obs[:, 0])
+    assert set(starts.astype(int)) == set(range(4, 12))
+    np.testing.assert_array_equal(np.asarray(batch.reward), starts + 1)
+    np.testing.assert_array_equal(np.asarray(batch.next_obs[:, 0]), starts + 100)
+    np.testing.assert_allclose(np.asarray(batch.discount), 0.9)

@@ -217,3 +217,69 @@ def test_critic_regression_fits_fixed_targets():
         state, m = step(state, batch, jax.random.PRNGKey(i), actor, cfg, 1)
         first = first if first is not None else float(m["losses/critic"])
     assert float(m["losses/critic"]) < 0.1 * first
+
+
+def test_n_step_discount_replaces_gamma_in_the_critic_target():
+    """A batch's own bootstrap discount (gamma^m of an n-step sample) is the one used: with
+    discount 0 the target is the reward alone, whatever gamma and the next states are."""
+    actor = ACTORS["baseline"]
+    state = sac.init(jax.random.PRNGKey(1), actor, CFG, jnp.zeros(3), 1)
+    batch = _batch().replace(discount=jnp.zeros(16))
+    loss, _ = sac.critic_loss(state.critic_params, state, batch, jax.random.PRNGKey(2), actor,
+                              CFG)
+    q = sac.make_critic(CFG).apply(state.critic_params, batch.obs, batch.action)
+    expected = 0.5 * jnp.sum(jnp.mean((q - batch.reward[None]) ** 2, axis=-1))
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+    one_step, _ = sac.critic_loss(state.critic_params, state, _batch(), jax.random.PRNGKey(2),
+                                  actor, CFG)
+    assert abs(float(one_step) - float(loss)) > 1e-3
+
+
+@pytest.mark.parametrize("layer_norm", ["none", "critic", "all"])
+def test_layer_norm_goes_where_asked(layer_norm):
+    from protosac_jax import loops
+    from protosac_jax.config import TrainConfig
+
+    cfg = dataclasses.replace(CFG, layer_norm=layer_norm)
+    for baseline in (True, False):
+        actor = loops.make_actor(TrainConfig(baseline=baseline, sac=cfg), 1)
+        state = sac.init(jax.random.PRNGKey(1), actor, cfg, jnp.zeros(3), 1)
+        in_critic = "LayerNorm" in str(jax.tree_util.tree_structure(state.critic_params))
+        in_actor = "LayerNorm" in str(jax.tree_util.tree_structure(state.actor_params))
+        assert (in_critic, in_actor) == (layer_norm != "none", layer_norm == "all")
+        # hidden features are normalised: the critic's output is finite and stays so for
+        # inputs 1e4 times larger (the first hidden layer's LayerNorm absorbs the scale)
+        if layer_norm != "none":
+            big = sac.make_critic(cfg).apply(state.critic_params, jnp.full((2, 3), 1e4),
+                                             jnp.zeros((2, 1)))
+            small = sac.make_critic(cfg).apply(state.critic_params, jnp.full((2, 3), 1.0),
+                                               jnp.zeros((2, 1)))
+            assert np.all(np.isfinite(np.asarray(big)))
+            assert float(jnp.max(jnp.abs(big))) < 100 * float(jnp.max(jnp.abs(small))) + 10
+
+
+def test_weight_decay_shrinks_dense_kernels_only():
+    """AdamW: each kernel takes Adam's step minus lr * wd * kernel; biases, LayerNorm scales,
+    prototype heads and the learned temperature / penalty are not decayed."""
+    actor = ProtoActor(1, PrototypeConfig(num_prototypes=8, latent_dim=8, local_gain=0.25),
+                       (32, 32), layer_norm=True)
+    mask = sac.decayed(sac.trainable(actor.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)))))
+    flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(mask)}
+    assert flat and all(v == ("kernel" in k) for k, v in flat.items())
+    assert any("proto_means" in k for k in flat) and any("log_temperature" in k for k in flat)
+
+    plain = dataclasses.replace(CFG, layer_norm="critic")
+    decay = dataclasses.replace(plain, weight_decay=0.5)
+    state = sac.init(jax.random.PRNGKey(1), actor, plain, jnp.zeros(3), 1)
+    step = jax.jit(sac.update, static_argnums=(3, 4, 5))
+    a, _ = step(state, _batch(), jax.random.PRNGKey(2), actor, plain, 1)
+    b, _ = step(sac.init(jax.random.PRNGKey(1), actor, decay, jnp.zeros(3), 1), _batch(),
+                jax.random.PRNGKey(2), actor, decay, 1)
+    old = dict(_named_leaves(state.critic_params))
+    for (name, x), (_, y) in zip(_named_leaves(a.critic_params), _named_leaves(b.critic_params)):
+        shrink = plain.critic_lr * 0.5 * old[name] if "kernel" in name else 0.0
+        np.testing.assert_allclose(y, x - shrink, atol=1e-7, err_msg=name)
+    # the actor's temperature is not decayed (its first Adam step is the same either way)
+    np.testing.assert_allclose(
+        np.asarray(b.actor_params["params"]["log_temperature"]),
+        np.asarray(a.actor_params["params"]["log_temperature"]), atol=1e-7)
