@@ -124,6 +124,11 @@ def build_parser() -> OneLineParser:
     a("--gamma", type=float)
     a("--n-step", type=int,
       help="n-step returns for the critic's target (default 1; cut at episode ends)")
+    a("--num-atoms", type=int,
+      help="distributional (C51) critic with this many atoms on [--v-min, --v-max] "
+      "(default 0 = scalar critic)")
+    a("--v-min", type=float, help="lowest return of the distributional critic's support")
+    a("--v-max", type=float, help="highest return of the distributional critic's support")
     a("--layer-norm", choices=["none", "critic", "all"],
       help="LayerNorm before each hidden ReLU: none (default), critic, or all networks")
     a("--weight-decay", type=float,
@@ -220,7 +225,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for flag, field in [("hidden", "hidden_sizes"), ("batch_size", "batch_size"),
                         ("gamma", "gamma"), ("n_step", "n_step"), ("layer_norm", "layer_norm"),
                         ("weight_decay", "weight_decay"), ("init_alpha", "init_alpha"),
-                        ("target_entropy", "target_entropy")]:
+                        ("target_entropy", "target_entropy"), ("num_atoms", "num_atoms"),
+                        ("v_min", "v_min"), ("v_max", "v_max")]:
         if getattr(args, flag) is not None:
             value = getattr(args, flag)
             sac[field] = None if value == "none" else value

@@ -50,6 +50,13 @@ class SACConfig:
     # truncated) inside the n steps cuts the sum there: a termination stops the bootstrap, a
     # truncation bootstraps from its final observation with gamma^m, m <= n the steps taken.
     n_step: int = 1
+    # Distributional twin critic (C51, Bellemare et al. 2017, as FastTD3 / FastSAC use it):
+    # each critic predicts a categorical distribution over `num_atoms` returns evenly spaced
+    # on [v_min, v_max], trained by cross-entropy to the projected soft Bellman target
+    # r + gamma^m (z - alpha log pi); Q is its mean. 0 = the scalar critic with a squared error.
+    num_atoms: int = 0
+    v_min: float = -100.0
+    v_max: float = 100.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,6 +337,10 @@ DOMAINS: dict[tuple[str, str], tuple[str | None, _Domain]] = {
     ("sac", "layer_norm"): ("--layer-norm", _choice("none", "critic", "all")),
     ("sac", "weight_decay"): ("--weight-decay", NON_NEGATIVE),
     ("sac", "n_step"): ("--n-step", _int(1)),
+    ("sac", "num_atoms"): ("--num-atoms", _Domain(lambda x: _is_int(x) and (x == 0 or x >= 2),
+                                                  "0 (scalar critic) or an integer >= 2")),
+    ("sac", "v_min"): ("--v-min", _real()),
+    ("sac", "v_max"): ("--v-max", _real()),
     ("proto", "num_prototypes"): ("--num-prototypes", _int(1)),
     ("proto", "latent_dim"): ("--latent-dim", _int(1)),
     ("proto", "encoder_hidden"): (None, _widths(optional=True)),
@@ -392,6 +403,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.buffer_size >= cfg.num_envs, "--buffer-size must be >= --num-envs"),
         (cfg.proto.kmeans_samples >= cfg.proto.num_prototypes,
          "--kmeans-samples must be >= --num-prototypes"),
+        (cfg.sac.v_min < cfg.sac.v_max, "--v-min must be below --v-max"),
         (cfg.sac.log_std_min < cfg.sac.log_std_max,
          "sac.log_std_min must be below sac.log_std_max"),
         (cfg.proto.log_std_min < cfg.proto.log_std_max,

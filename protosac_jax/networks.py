@@ -86,11 +86,12 @@ class PixelQ(nn.Module):
 
     hidden_sizes: Sequence[int]
     layer_norm: bool = False
+    outputs: int = 1
 
     @nn.compact
     def __call__(self, obs, action):
         features = NatureCNN()(obs)
-        return MLP(self.hidden_sizes, 1, self.layer_norm)(
+        return MLP(self.hidden_sizes, self.outputs, self.layer_norm)(
             jnp.concatenate([features, action], axis=-1))
 
 
@@ -100,13 +101,16 @@ class TwinCritic(nn.Module):
     hidden_sizes: Sequence[int]
     num_critics: int = 2
     layer_norm: bool = False
+    # > 0: each critic outputs logits over this many return atoms ([num_critics, ..., atoms])
+    num_atoms: int = 0
 
     @nn.compact
     def __call__(self, obs, action):
         if is_pixels(obs):
             # Each critic has its own CNN. Not vmapped: a vmapped conv becomes a grouped
             # convolution, which XLA:CPU runs ~5x slower than two plain ones.
-            return jnp.stack([PixelQ(self.hidden_sizes, self.layer_norm)(obs, action)[..., 0]
+            return jnp.stack([self._head(PixelQ(self.hidden_sizes, self.layer_norm,
+                                                self.outputs)(obs, action))
                               for _ in range(self.num_critics)])
         x = jnp.concatenate([obs, action], axis=-1)
         ensemble = nn.vmap(
@@ -117,7 +121,15 @@ class TwinCritic(nn.Module):
             out_axes=0,
             axis_size=self.num_critics,
         )
-        return ensemble(self.hidden_sizes, 1, self.layer_norm)(x)[..., 0]  # [num_critics, ...]
+        return self._head(ensemble(self.hidden_sizes, self.outputs, self.layer_norm)(x))
+
+    @property
+    def outputs(self) -> int:
+        return self.num_atoms or 1
+
+    def _head(self, out):
+        """[..., 1] -> Q-values [...]; distributional: the [..., atoms] logits unchanged."""
+        return out if self.num_atoms else out[..., 0]
 
 
 def gaussian_log_prob(u, mean, std):

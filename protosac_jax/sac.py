@@ -5,7 +5,8 @@ on which one it is. Losses follow Haarnoja et al. 2018 (v2, automatic temperatur
 
   critic  L_Q = 1/2 sum_i E[(Q_i(s,a) - y)^2],
           y = r + gamma (1 - terminated) sum_s w_s [min_i Q'_i(s', a'_s) - alpha log pi(a'_s|s')]
-          (n-step: r the discounted sum of m <= n rewards, gamma^m, s' the m-th next state)
+          (n-step: r the discounted sum of m <= n rewards, gamma^m, s' the m-th next state;
+          distributional (C51): cross-entropy to the projected target distribution instead)
   actor   L_pi = E[sum_s w_s (alpha log pi(a_s|s) - min_i Q_i(s, a_s))] + aux(actor)
   alpha   L_alpha = -log(alpha) * (E[sum_s w_s log pi(a_s|s)] + target_entropy)
 
@@ -78,7 +79,35 @@ class SACState:
 
 def make_critic(cfg: SACConfig) -> TwinCritic:
     return TwinCritic(hidden_sizes=tuple(cfg.hidden_sizes),
-                      layer_norm=cfg.layer_norm in ("critic", "all"))
+                      layer_norm=cfg.layer_norm in ("critic", "all"), num_atoms=cfg.num_atoms)
+
+
+def support(cfg: SACConfig):
+    """The distributional critic's return atoms: `num_atoms` points evenly on [v_min, v_max]."""
+    return jnp.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms)
+
+
+def q_values(critic_out, cfg: SACConfig):
+    """Q-values [num_critics, ...] from the critic's output: itself, or the mean of each
+    distributional critic's categorical distribution."""
+    if not cfg.num_atoms:
+        return critic_out
+    return jnp.sum(jax.nn.softmax(critic_out, axis=-1) * support(cfg), axis=-1)
+
+
+def project_categorical(atoms, probs, cfg: SACConfig):
+    """C51's projection: mass `probs[..., j]` at return `atoms[..., j]` (clipped to
+    [v_min, v_max]) split between the two nearest support points in proportion to closeness;
+    the leading axes are kept. Returns [..., num_atoms] (summing to sum(probs))."""
+    n = cfg.num_atoms
+    delta = (cfg.v_max - cfg.v_min) / (n - 1)
+    b = (jnp.clip(atoms, cfg.v_min, cfg.v_max) - cfg.v_min) / delta
+    lower = jnp.clip(jnp.floor(b), 0, n - 1)
+    upper_weight = b - lower  # 0 when b sits on a support point (incl. the top one)
+    lower_one = jax.nn.one_hot(lower.astype(jnp.int32), n)
+    upper_one = jax.nn.one_hot(jnp.minimum(lower + 1, n - 1).astype(jnp.int32), n)
+    spread = (1.0 - upper_weight)[..., None] * lower_one + upper_weight[..., None] * upper_one
+    return jnp.einsum("...j,...jk->...k", probs, spread)
 
 
 def trainable(actor_params):
@@ -140,14 +169,36 @@ def critic_loss(critic_params, state: SACState, batch: replay.Transition, key, a
     next_actions, next_log_probs, next_weights = actor.samples(
         state.actor_params, batch.next_obs, key)
     next_obs = _broadcast_obs(batch.next_obs, next_actions.shape[1])
-    next_q = jnp.min(critic.apply(state.target_critic_params, next_obs, next_actions), axis=0)
-    next_v = jnp.sum(next_weights * (next_q - alpha * next_log_probs), axis=-1)
+    next_out = critic.apply(state.target_critic_params, next_obs, next_actions)
     discount = cfg.gamma if batch.discount is None else batch.discount  # n-step: gamma^m
-    target = batch.reward + discount * (1.0 - batch.terminated) * next_v
-    target = jax.lax.stop_gradient(target)
-    q = critic.apply(critic_params, batch.obs, batch.action)  # [2, B]
-    loss = 0.5 * jnp.sum(jnp.mean((q - target[None]) ** 2, axis=-1))
-    return loss, {"losses/critic": loss, "losses/q_mean": jnp.mean(q)}
+    bootstrap = discount * (1.0 - batch.terminated)  # [B]
+    out = critic.apply(critic_params, batch.obs, batch.action)  # [2, B] (or [2, B, atoms])
+    if cfg.num_atoms:
+        return _distributional_critic_loss(out, next_out, next_log_probs, next_weights,
+                                           batch.reward, bootstrap, alpha, cfg)
+    next_q = jnp.min(next_out, axis=0)
+    next_v = jnp.sum(next_weights * (next_q - alpha * next_log_probs), axis=-1)
+    target = jax.lax.stop_gradient(batch.reward + bootstrap * next_v)
+    loss = 0.5 * jnp.sum(jnp.mean((out - target[None]) ** 2, axis=-1))
+    return loss, {"losses/critic": loss, "losses/q_mean": jnp.mean(out)}
+
+
+def _distributional_critic_loss(logits, next_logits, next_log_probs, next_weights, reward,
+                                bootstrap, alpha, cfg: SACConfig):
+    """Cross-entropy of each critic's categorical distribution to one target distribution:
+    per next action sample, the target critic whose mean is lower (clipped double Q, as
+    FastTD3) is shifted to r + bootstrap (z - alpha log pi(a'|s')) and projected on the
+    support; the samples' projections are mixed with their weights."""
+    next_probs = jax.nn.softmax(next_logits, axis=-1)  # [2, B, S, N]
+    lower = jnp.argmin(q_values(next_logits, cfg), axis=0)  # [B, S]
+    chosen = jnp.take_along_axis(next_probs, lower[None, ..., None], axis=0)[0]  # [B, S, N]
+    atoms = (reward[:, None, None] + bootstrap[:, None, None]
+             * (support(cfg)[None, None, :] - alpha * next_log_probs[..., None]))
+    target = jnp.sum(project_categorical(atoms, chosen * next_weights[..., None], cfg), axis=1)
+    target = jax.lax.stop_gradient(target)  # [B, N]
+    cross_entropy = -jnp.sum(target[None] * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+    loss = jnp.sum(jnp.mean(cross_entropy, axis=-1))
+    return loss, {"losses/critic": loss, "losses/q_mean": jnp.mean(q_values(logits, cfg))}
 
 
 def actor_loss(trainable_params, critic_params, log_alpha, obs, key, actor, cfg: SACConfig,
@@ -159,8 +210,8 @@ def actor_loss(trainable_params, critic_params, log_alpha, obs, key, actor, cfg:
     alpha = jnp.exp(log_alpha)
     (actions, log_probs, weights), (aux, aux_metrics) = actor.samples_with_aux(
         actor_params, obs, key)
-    q = jnp.min(critic.apply(critic_params, _broadcast_obs(obs, actions.shape[1]), actions),
-                axis=0)
+    q = jnp.min(q_values(critic.apply(critic_params, _broadcast_obs(obs, actions.shape[1]),
+                                      actions), cfg), axis=0)
     sac_loss = jnp.mean(jnp.sum(weights * (alpha * log_probs - q), axis=-1))
     log_prob = jnp.mean(jnp.sum(weights * log_probs, axis=-1))
     metrics = {"losses/actor": sac_loss, "losses/actor_aux": aux,

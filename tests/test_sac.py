@@ -283,3 +283,63 @@ def test_weight_decay_shrinks_dense_kernels_only():
     np.testing.assert_allclose(
         np.asarray(b.actor_params["params"]["log_temperature"]),
         np.asarray(a.actor_params["params"]["log_temperature"]), atol=1e-7)
+
+
+C51 = dataclasses.replace(CFG, num_atoms=11, v_min=-5.0, v_max=5.0)  # support -5, -4, ..., 5
+
+
+def test_categorical_projection_splits_mass_between_neighbours_and_keeps_the_mean():
+    atoms = jnp.asarray([[-4.0, 0.5, 2.25, 9.0]])  # on a point, halfway, a quarter, clipped
+    probs = jnp.asarray([[0.1, 0.2, 0.3, 0.4]])
+    out = np.asarray(sac.project_categorical(atoms, probs, C51))[0]
+    expected = np.zeros(11)
+    expected[1] = 0.1
+    expected[5] = expected[6] = 0.1
+    expected[7], expected[8] = 0.75 * 0.3, 0.25 * 0.3
+    expected[10] = 0.4
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    inside = jnp.asarray([[-4.7, -0.3, 3.9, 5.0]])
+    p = np.asarray(sac.project_categorical(inside, probs, C51))[0]
+    np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(p @ np.arange(-5, 6), float(jnp.sum(inside * probs)), rtol=1e-5)
+
+
+def test_distributional_critic_learns_terminal_rewards():
+    """On terminal transitions the target is the reward itself: a few hundred Adam steps of
+    the cross-entropy bring each critic's mean Q to it."""
+    import optax
+
+    actor = ACTORS["baseline"]
+    state = sac.init(jax.random.PRNGKey(1), actor, C51, jnp.zeros(3), 1)
+    batch = _batch(terminated=1.0)
+    batch = batch.replace(reward=jnp.clip(batch.reward * 2, -4.5, 4.5))
+    opt = optax.adam(3e-3)
+
+    @jax.jit
+    def step(params, opt_state, _):
+        grads, metrics = jax.grad(sac.critic_loss, has_aux=True)(
+            params, state, batch, jax.random.PRNGKey(2), actor, C51)
+        updates, opt_state = opt.update(grads, opt_state)
+        return (optax.apply_updates(params, updates), opt_state), metrics["losses/critic"]
+
+    (params, _), losses = jax.lax.scan(lambda c, x: step(*c, x),
+                                       (state.critic_params, opt.init(state.critic_params)),
+                                       None, length=600)
+    assert float(losses[-1]) < 0.5 * float(losses[0])
+    q = sac.q_values(sac.make_critic(C51).apply(params, batch.obs, batch.action), C51)
+    assert q.shape == (2, 16)
+    np.testing.assert_allclose(np.asarray(q), np.broadcast_to(np.asarray(batch.reward), (2, 16)),
+                               atol=0.25)
+
+
+@pytest.mark.parametrize("name", list(ACTORS))
+def test_distributional_update_runs_for_every_actor(name):
+    actor = ACTORS[name]
+    cfg = dataclasses.replace(C51, n_step=3)
+    state = sac.init(jax.random.PRNGKey(1), actor, cfg, jnp.zeros(3), 1)
+    batch = _batch().replace(discount=jnp.full((16,), 0.97))
+    new, metrics = jax.jit(sac.update, static_argnums=(3, 4, 5))(
+        state, batch, jax.random.PRNGKey(2), actor, cfg, 1)
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    out = sac.make_critic(cfg).apply(new.critic_params, batch.obs, batch.action)
+    assert out.shape == (2, 16, 11)
