@@ -16,6 +16,7 @@ Only true terminations stop the bootstrap; time-limit truncations do not.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.struct
@@ -104,10 +105,15 @@ def project_categorical(atoms, probs, cfg: SACConfig):
     b = (jnp.clip(atoms, cfg.v_min, cfg.v_max) - cfg.v_min) / delta
     lower = jnp.clip(jnp.floor(b), 0, n - 1)
     upper_weight = b - lower  # 0 when b sits on a support point (incl. the top one)
-    lower_one = jax.nn.one_hot(lower.astype(jnp.int32), n)
-    upper_one = jax.nn.one_hot(jnp.minimum(lower + 1, n - 1).astype(jnp.int32), n)
-    spread = (1.0 - upper_weight)[..., None] * lower_one + upper_weight[..., None] * upper_one
-    return jnp.einsum("...j,...jk->...k", probs, spread)
+    lower = lower.astype(jnp.int32)
+    upper = jnp.minimum(lower + 1, n - 1)
+    lead = atoms.shape[:-1]
+    rows = jnp.arange(math.prod(lead))[:, None]  # scatter-add: cheaper than one-hot matmuls
+    flat = lambda x: x.reshape((-1, x.shape[-1]))  # noqa: E731
+    out = jnp.zeros((rows.shape[0], n), probs.dtype)
+    out = out.at[rows, flat(lower)].add(flat(probs * (1.0 - upper_weight)))
+    out = out.at[rows, flat(upper)].add(flat(probs * upper_weight))
+    return out.reshape(lead + (n,))
 
 
 def trainable(actor_params):

@@ -68,8 +68,10 @@ def test_flags_override_preset():
 
 def test_sac_ingredient_flags():
     cfg = cfg_of("--n-step", "3", "--layer-norm", "critic", "--weight-decay", "0.01",
-                 "--init-alpha", "0.1", "--target-entropy", "-2")
+                 "--init-alpha", "0.1", "--target-entropy", "-2", "--num-atoms", "51",
+                 "--v-min", "-10", "--v-max", "300")
     assert (cfg.sac.n_step, cfg.sac.layer_norm, cfg.sac.weight_decay) == (3, "critic", 0.01)
+    assert (cfg.sac.num_atoms, cfg.sac.v_min, cfg.sac.v_max) == (51, -10.0, 300.0)
     assert (cfg.sac.init_alpha, cfg.sac.target_entropy) == (0.1, -2.0)
     default = cfg_of().sac
     assert (default.n_step, default.layer_norm, default.weight_decay) == (1, "none", 0.0)
@@ -118,7 +120,8 @@ def test_old_config_files_keep_the_behaviour_they_were_trained_with():
                                   ["--target-weight-entropy", "low"],
                                   ["--n-step", "0"], ["--layer-norm", "batch"],
                                   ["--weight-decay", "-0.1"], ["--init-alpha", "0"],
-                                  ["--n-step", "3", "--learning-starts", "2"]])
+                                  ["--n-step", "3", "--learning-starts", "2"],
+                                  ["--num-atoms", "1"], ["--v-min", "5", "--v-max", "1"]])
 def test_bad_flags_raise_config_errors(argv):
     from protosac_jax.envs import EnvError
 
