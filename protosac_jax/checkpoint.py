@@ -205,6 +205,8 @@ class Checkpointer:
     def save(self, ts, meta: dict[str, Any], save_buffer: bool, unprojected=None) -> int:
         """Save a resumable step; `unprojected` ({"learner", "provenance"}) is the state
         before a final projection (trainer._final_projection), which resume continues from."""
+        from protosac_jax import replay
+
         ocp = _ocp()
         step = int(meta["env_steps"])
         args = {
@@ -215,7 +217,7 @@ class Checkpointer:
                                        "final_projection": unprojected is not None}),
         }
         if save_buffer:
-            args["buffer"] = ocp.args.StandardSave(ts.buffer)
+            args["buffer"] = ocp.args.StandardSave(replay.saved_form(ts.buffer))
         if unprojected is not None:
             args["unprojected"] = ocp.args.StandardSave(unprojected)
         with outputs.background_quiet(), \
@@ -403,7 +405,7 @@ def restore_train_state(run_dir: Path, loop, step: int | None = None):
                 lambda: replay.init(saved_capacity, jax.tree_util.tree_map(
                     lambda x: np.zeros(x.shape[1:], x.dtype), template.buffer.data)))
             if meta.get("buffer_saved"):
-                items["buffer"] = buffer_template
+                items["buffer"] = replay.saved_form(buffer_template)
             if meta.get("final_projection"):
                 items["unprojected"] = {"learner": template.learner,
                                         "provenance": template.provenance}
@@ -420,7 +422,9 @@ def restore_train_state(run_dir: Path, loop, step: int | None = None):
             warnings.warn(f"skipped unreadable checkpoint(s) {', '.join(failures)}; "
                           f"resuming from step {candidate}", stacklevel=2)
         buffer = restored.get("buffer")
-        if buffer is None:  # not saved: an empty buffer, refilled by the trainer
+        if buffer is not None:
+            buffer = replay.from_saved_form(buffer, buffer_template)
+        else:  # not saved: an empty buffer, refilled by the trainer
             buffer = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
                                             template.buffer)
         buffer = replay.resize(buffer, template.buffer.capacity)

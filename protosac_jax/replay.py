@@ -7,6 +7,7 @@ saved like any other pytree. Storage keeps each field's dtype (uint8 pixels stay
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.struct
@@ -109,6 +110,24 @@ def sample_n_step(state: ReplayState, key: jax.Array, batch_size: int, n: int, s
         next_obs=full_next_obs(data.obs[last], data.next_obs[last]),
         terminated=data.terminated[last],
         discount=jnp.asarray(gamma, jnp.float32) ** taken.astype(jnp.float32))
+
+
+def saved_form(state: ReplayState) -> dict:
+    """The buffer as checkpoints store it: plain dicts, a Transition's unused (None) fields
+    left out, so adding an optional field keeps every older checkpoint readable."""
+    data = state.data
+    if isinstance(data, Transition):
+        data = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)
+                if getattr(data, f.name) is not None}
+    return {"data": data, "insert_position": state.insert_position, "size": state.size}
+
+
+def from_saved_form(saved: dict, like: ReplayState) -> ReplayState:
+    """Inverse of `saved_form`, shaped like `like` (a buffer or its abstract template)."""
+    data = saved["data"]
+    if isinstance(like.data, Transition):
+        data = Transition(**data)
+    return ReplayState(data=data, insert_position=saved["insert_position"], size=saved["size"])
 
 
 def full_next_obs(obs, next_obs):

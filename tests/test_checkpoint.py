@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import protosac_jax
-from protosac_jax import checkpoint
+from protosac_jax import checkpoint, trainer
 from protosac_jax.checkpoint import CheckpointError
 from protosac_jax.config import ConfigError
 from tiny import FLAGS as TINY, tiny_cfg
@@ -328,3 +328,38 @@ def test_saved_prototypes_are_the_encodings_of_their_provenance_states(tmp_path,
     else:  # free prototypes trained on after the last projection (at 900 updates)
         assert shown_gap.mean() > 1e-4
         assert drift == pytest.approx(float(shown_gap.mean()), rel=1e-3)
+
+
+def test_a_buffer_saved_before_the_optional_transition_fields_resumes(tmp_path, monkeypatch):
+    """Checkpoints written before Transition gained `episode_end` / `discount` (2026-12-03)
+    stored the buffer as the 6-field Transition pytree; they resume with the same rows."""
+    from typing import Any
+
+    import flax.struct
+
+    from protosac_jax import replay
+
+    @flax.struct.dataclass
+    class OldTransition:  # the Transition of every checkpoint written before the n-step fields
+        obs: Any
+        action: Any
+        reward: Any
+        next_obs: Any
+        terminated: Any
+        render_state: Any
+
+    def old_saved_form(state):
+        d = state.data
+        return replay.ReplayState(
+            data=OldTransition(d.obs, d.action, d.reward, d.next_obs, d.terminated,
+                               d.render_state),
+            insert_position=state.insert_position, size=state.size)
+
+    with monkeypatch.context() as m:
+        m.setattr(replay, "saved_form", old_saved_form)
+        run = protosac_jax.train(small_cfg(), out=tmp_path / "old", progress=False, quiet=True)
+    loop = trainer.make_loop(checkpoint.read_config(tmp_path / "old"))
+    ts, _ = checkpoint.restore_train_state(tmp_path / "old", loop)
+    assert leaves_equal(ts.buffer, run.state.buffer)
+    resumed = protosac_jax.resume(tmp_path / "old", progress=False, quiet=True, total_steps=1250)
+    assert int(resumed.state.env_steps) == 1250
