@@ -16,29 +16,15 @@ import dataclasses
 import datetime
 import platform
 import statistics
-import time
 
 import jax
-import jax.numpy as jnp
 
-from protosac_jax import replay, sac
 from protosac_jax.config import PrototypeConfig, SACConfig
 from protosac_jax.networks import GaussianActor
 from protosac_jax.prototype import ProtoActor
+from update_speed import make_buffer, time_variants
 
 SIZE, OBS, ACT, STRIDE, UPDATES = 100_000, 11, 3, 128, 32
-
-
-def filled_buffer():
-    k = jax.random.split(jax.random.PRNGKey(0), 5)
-    rows = replay.Transition(
-        obs=jax.random.normal(k[0], (SIZE, OBS)),
-        action=jax.random.uniform(k[1], (SIZE, ACT), minval=-1, maxval=1),
-        reward=jax.random.normal(k[2], (SIZE,)), next_obs=jax.random.normal(k[3], (SIZE, OBS)),
-        terminated=jnp.zeros((SIZE,)), render_state=jnp.zeros((SIZE, 11)),
-        episode_end=(jax.random.uniform(k[4], (SIZE,)) < 0.002).astype(jnp.float32))
-    example = jax.tree_util.tree_map(lambda x: x[0], rows)
-    return replay.insert(replay.init(SIZE, example), rows)
 
 
 def main():
@@ -55,23 +41,9 @@ def main():
     }
     actor = (GaussianActor(ACT, (256, 256)) if args.baseline
              else ProtoActor(ACT, PrototypeConfig(local_gain=0.25), (256, 256)))
-    buffer = filled_buffer()
-    update = jax.jit(sac.update_many, static_argnums=(3, 4, 5, 6, 8))
-    states = {}
-    for name, cfg in variants.items():
-        state = sac.init(jax.random.PRNGKey(1), actor, cfg, jnp.zeros(OBS), ACT)
-        state, m = update(state, buffer, jax.random.PRNGKey(2), UPDATES, actor, cfg, ACT, None,
-                          STRIDE)  # compile + warm up
-        jax.block_until_ready(m)
-        states[name] = state
-    times = {name: [] for name in variants}
-    for r in range(args.rounds):
-        for name, cfg in variants.items():
-            t0 = time.perf_counter()
-            states[name], m = update(states[name], buffer, jax.random.PRNGKey(3 + r), UPDATES,
-                                     actor, cfg, ACT, None, STRIDE)
-            jax.block_until_ready(m)
-            times[name].append(time.perf_counter() - t0)
+    buffer = make_buffer(OBS, ACT, SIZE, episode_ends=True, render_dim=11)
+    times = time_variants({name: (actor, cfg) for name, cfg in variants.items()}, buffer, OBS,
+                          ACT, UPDATES, args.rounds, stride=STRIDE)
     plain = UPDATES / statistics.median(times["plain (default)"])
     print(f"# ingredient_speed: {datetime.date.today()}, {platform.machine()}, "
           f"{jax.devices()[0].device_kind}, jax {jax.__version__}, "
