@@ -17,7 +17,7 @@ import protosac_jax
 from protosac_jax import checkpoint, trainer
 from protosac_jax.checkpoint import CheckpointError
 from protosac_jax.config import ConfigError
-from tiny import FLAGS as TINY, tiny_cfg
+from tiny import FLAGS as TINY, tiny_cfg, xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -251,7 +251,7 @@ def test_checkpoint_from_a_two_device_process_loads_with_one_device(tmp_path):
         "obs = np.linspace(-1, 1, 30, dtype=np.float32).reshape(10, 3)\n"
         f"np.save({str(tmp_path / 'actions.npy')!r}, a.act(obs))\n")
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+           "XLA_FLAGS": xla_flags(2)}
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 import protosac_jax
-from tiny import FLAGS as TINY
+from tiny import FLAGS as TINY, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the suite's tiny Pendulum run (tests/tiny.py) with 4 envs: the one-process run on 2 devices
@@ -37,7 +37,7 @@ def _two_processes(args):
     for rank in (0, 1):
         env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
                "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(rank)}
-        env.pop("XLA_FLAGS", None)
+        env["XLA_FLAGS"] = xla_flags()  # one device per process
         procs.append(subprocess.Popen([sys.executable, "train.py", *args, "--distributed"],
                                       cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
@@ -70,7 +70,7 @@ def test_two_processes_train_and_resume_the_run_of_two_devices_in_one_process(tm
 
     one = tmp_path / "one_process"
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+           "XLA_FLAGS": xla_flags(2)}
     proc = subprocess.run([sys.executable, "train.py", *FLAGS, "--total-steps", "800",
                            "--out", str(one), "--quiet"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)

@@ -15,6 +15,7 @@ import pytest
 from protosac_jax import config as config_lib
 from protosac_jax import groups, loops, trainer
 from protosac_jax.config import ConfigError
+from tiny import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +90,7 @@ def test_members_are_lone_runs_and_swept_values_reach_them():
 def run_cli(*args, devices: int = 1):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = xla_flags(devices)
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=900, env=env)
 

@@ -18,6 +18,7 @@ from protosac_jax.config import ConfigError
 from protosac_jax.envs import EnvError, make_env
 from protosac_jax.envs.mjx_envs import MjxEnv
 from protosac_jax.sac import ObsNormalizer
+from tiny import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,7 +130,7 @@ assert worst < 1e-5, worst
 
 def test_two_device_sharded_update_equals_one_device_update():
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+           "XLA_FLAGS": xla_flags(2)}
     proc = subprocess.run([sys.executable, "-c", SHARDED_UPDATE_SCRIPT], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -154,7 +155,7 @@ def test_two_device_training_run(tmp_path):
     results = {}
     for devices in (1, 2):
         env = {**os.environ, "JAX_PLATFORMS": "cpu",
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+               "XLA_FLAGS": xla_flags(devices)}
         proc = subprocess.run([sys.executable, "-c", SHARDED_RUN_SCRIPT,
                                str(tmp_path / f"r{devices}"), str(tmp_path / f"p{devices}.npz")],
                               env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -6,7 +6,8 @@ prototypes (and their provenance), replay buffer, env states and RNG, and the sa
 returns at every shared evaluation. N is chosen so that updates run in both halves and the first
 half ends with the final projection of a run that never projected (ProtoSAC). On Pendulum the
 default buffer is capped by the short run, so the resume has to grow it; the MJX case sets its
-buffer to the short run's length, so all three commands are one compiled program.
+buffer to the short run's length, so all three commands are one compiled program: the first half
+compiles it and the other two, run together, load it from the persistent compile cache.
 """
 
 import json
@@ -69,11 +70,17 @@ def test_resume_to_twice_the_steps_is_bitwise_the_one_go_run(tmp_path, env, half
                                                               baseline):
     algo = ["--baseline", *flags] if baseline else list(flags)
     one, two = tmp_path / "one", tmp_path / "two"
-    _run_together(_command("--env", env, *algo, "--total-steps", str(2 * half), "--out", "one"),
-                  _command("--env", env, *algo, "--total-steps", str(half), "--out", "two"),
-                  cwd=tmp_path)
-    short = protosac_jax.load(two)
-    _run_together(_command("--resume", "two", "--total-steps", str(2 * half)), cwd=tmp_path)
+    one_go = _command("--env", env, *algo, "--total-steps", str(2 * half), "--out", "one")
+    first_half = _command("--env", env, *algo, "--total-steps", str(half), "--out", "two")
+    resume = _command("--resume", "two", "--total-steps", str(2 * half))
+    if "--buffer-size" in flags:  # one program: compiled by the first half, then cache hits
+        _run_together(first_half, cwd=tmp_path)
+        short = protosac_jax.load(two)
+        _run_together(one_go, resume, cwd=tmp_path)
+    else:  # the one-go run's buffer is longer: two programs, the resume is the one-go's
+        _run_together(one_go, first_half, cwd=tmp_path)
+        short = protosac_jax.load(two)
+        _run_together(resume, cwd=tmp_path)
 
     # what users load: the policy, its temperature, critics, optimizer states, prototypes
     a, b = protosac_jax.load(one), protosac_jax.load(two)

@@ -13,6 +13,21 @@ import dataclasses
 
 from protosac_jax import config as config_lib
 
+# XLA's backend (LLVM) optimisation off for the suite (tests/conftest.py puts these flags in
+# the environment): the tests' programs are small and short-lived, so their compile time is
+# most of the suite, and these flags cut a cold suite's compile time by about a quarter
+# (benchmarks/RESULTS.md, "Test suite"). The programs themselves (their HLO) are the ones
+# users run; only the machine code is less optimised.
+SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def xla_flags(devices: int | None = None) -> str:
+    """$XLA_FLAGS for a command a test runs with its own CPU device count: the suite's flags
+    plus --xla_force_host_platform_device_count."""
+    if devices is None:
+        return SUITE_XLA_FLAGS
+    return f"{SUITE_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
+
 BUFFER = 600  # rows: every tiny run is at least this long
 FLAGS = ("--env", "pendulum", "--hidden", "32,32", "--batch-size", "64", "--num-prototypes",
          "8", "--latent-dim", "8", "--projection-every", "200", "--buffer-size", str(BUFFER),
