@@ -95,6 +95,16 @@ def test_local_gain_is_the_locomotion_preset_s_and_0_for_a_mixture():
     assert cfg_of("--env", "pendulum", "--local-gain", "0.1").proto.local_gain == 0.1
 
 
+def test_hopper_preset_is_the_family_s_at_half_the_batch_and_twice_the_updates():
+    hopper, humanoid = cfg_of("--env", "hopper"), cfg_of("--env", "humanoid")
+    assert (hopper.sac.batch_size, hopper.updates_per_step) == (256, 0.25)
+    assert (humanoid.sac.batch_size, humanoid.updates_per_step) == (512, 0.125)
+    same = dict(env="humanoid", sac=humanoid.sac, updates_per_step=0.125)
+    assert dataclasses.replace(hopper, **same) == humanoid  # nothing else differs
+    old = cfg_of("--env", "hopper", "--batch-size", "512", "--updates-per-step", "0.125")
+    assert (old.sac.batch_size, old.updates_per_step) == (512, 0.125)
+
+
 def test_old_config_files_keep_the_behaviour_they_were_trained_with():
     """A config.json written before the prototype sources existed loads as the original
     ProtoSAC (free prototypes, no learned temperature), not as today's defaults."""
