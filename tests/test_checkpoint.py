@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -63,6 +64,25 @@ def test_resume_is_bitwise_identical_to_one_go(tmp_path, baseline, ups, ingredie
     steps = [json.loads(x)["env_steps"] for x in
              (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [250, 500, 750, 1000, 1250, 1500]
+
+
+def test_a_resumed_state_lowers_to_the_fresh_run_s_program(tmp_path):
+    """A resume loads its run's compiled chunk from the persistent compile cache: restored
+    (committed) arrays lowered to another program until trainer._committed placed fresh and
+    restored states alike (JAX records committed arguments in the program)."""
+    from protosac_jax import loops
+
+    cfg = small_cfg()
+    protosac_jax.train(cfg, out=tmp_path / "r", progress=False, quiet=True)
+    loop = trainer.make_loop(cfg)
+    fresh = loops.init_state_jit(loop, jax.random.PRNGKey(cfg.seed))
+    restored, _ = checkpoint.restore_train_state(tmp_path / "r", loop)
+
+    def program(ts):
+        return loops.run_chunk_jit.lower(loop, ts, jnp.int32(1)).as_text()
+
+    assert program(trainer._committed(fresh)) == program(trainer._committed(restored))
+    assert program(fresh) != program(restored)  # what the placement is for
 
 
 def test_resume_without_saved_buffer_refills_first(tmp_path, capsys):
