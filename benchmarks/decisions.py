@@ -3,6 +3,7 @@
     python benchmarks/decisions.py --env pendulum --seeds 0 1 2 3 4 [train.py flags ...]
     python benchmarks/decisions.py --env pendulum --seeds 0 1 2 3 4 --group [flags ...]
     python benchmarks/decisions.py --env pendulum --measure-group DIR --tag T [flags ...]
+    python benchmarks/decisions.py --measure RUN [RUN ...] --tag T [flags ...]
 
 For each seed: `train.py --env ENV --seed S --out OUT/<tag>-s<S> <flags>`, then on the final
 policy (5 evaluation episodes, seed 0) the decision metrics viz.py writes to viz.json
@@ -10,7 +11,8 @@ policy (5 evaluation episodes, seed 0) the decision metrics viz.py writes to viz
 line per run is appended to --results (benchmarks/results/decisions.jsonl). `--group` trains
 the seeds (consecutive, from the first) as one program (`train.py --num-seeds`) and measures
 each member; `--measure-group DIR` measures the members of a group trained earlier (the flags
-are recorded as given, so give the ones it was trained with).
+are recorded as given, so give the ones it was trained with); `--measure RUN ...` measures
+runs trained earlier, one at a time (a stopped run: its latest checkpoint).
 """
 
 from __future__ import annotations
@@ -56,7 +58,12 @@ def main() -> None:
     p.add_argument("--group", action="store_true",
                    help="train the seeds as one group (train.py --num-seeds)")
     p.add_argument("--measure-group", help="measure the members of this trained group")
+    p.add_argument("--measure", nargs="+", metavar="RUN",
+                   help="measure these trained runs (one seed each; --tag names the rows)")
     args, flags = p.parse_known_args()
+    if args.measure:
+        measure_runs(args, flags)
+        return
     if args.group or args.measure_group:
         measure_group(args, flags)
         return
@@ -75,6 +82,23 @@ def main() -> None:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         with open(args.results, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def _append(args, row: dict) -> None:
+    print(json.dumps(row), flush=True)
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.results, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def measure_runs(args, flags) -> None:
+    for run in map(Path, args.measure):
+        config = json.loads((run / "config.json").read_text())
+        summary = run / "summary.json"  # absent if the run was stopped
+        final = json.loads(summary.read_text()).get("final_eval") if summary.exists() else None
+        _append(args, {"env": config["env"], "tag": args.tag, "seed": config["seed"],
+                       "flags": flags, "run": str(run), "final_eval": final,
+                       **measure(run), "date": time.strftime("%Y-%m-%d")})
 
 
 def measure_group(args, flags) -> None:

@@ -4,7 +4,8 @@
 
 ProtoSAC (K = 32, local feedback 0.25; or the baseline actor), 256x256 networks, batch 512,
 obs 11, action 3, observation normalisation: the hopper preset's update. Variants: plain,
-`--layer-norm critic`, `--n-step 3` (128 envs' stride), `--num-atoms 101`. Each runs 32 updates
+`--layer-norm critic`, `--n-step 3` (128 envs' stride), `--num-atoms 101`, `--sample-once`
+(the 32 batches drawn in one call before the scan). Each runs 32 updates
 per jitted `lax.scan` call sampling from a filled 100k-row device buffer; variants are timed in
 interleaved rounds and the median round is reported. Prints a markdown table.
 """
@@ -38,6 +39,7 @@ def main():
         "--layer-norm critic": dataclasses.replace(base, layer_norm="critic"),
         "--n-step 3": dataclasses.replace(base, n_step=3),
         "--num-atoms 101": dataclasses.replace(base, num_atoms=101, v_min=-100.0, v_max=500.0),
+        "--sample-once": dataclasses.replace(base, sample_once=True),
     }
     actor = (GaussianActor(ACT, (256, 256)) if args.baseline
              else ProtoActor(ACT, PrototypeConfig(local_gain=0.25), (256, 256)))

@@ -133,6 +133,9 @@ def build_parser() -> OneLineParser:
       help="LayerNorm before each hidden ReLU: none (default), critic, or all networks")
     a("--weight-decay", type=float,
       help="AdamW decoupled weight decay on the Dense kernels (default 0 = Adam)")
+    a("--sample-once", type=parse_bool, nargs="?", const=True,
+      help="draw an iteration's training batches in one call before its updates "
+      "(default False: one draw per update)")
     a("--init-alpha", type=float, help="initial SAC temperature alpha (default 1)")
     a("--target-entropy", type=parse_optional_float,
       help="SAC's target policy entropy (default none = -|A|)")
@@ -226,7 +229,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("gamma", "gamma"), ("n_step", "n_step"), ("layer_norm", "layer_norm"),
                         ("weight_decay", "weight_decay"), ("init_alpha", "init_alpha"),
                         ("target_entropy", "target_entropy"), ("num_atoms", "num_atoms"),
-                        ("v_min", "v_min"), ("v_max", "v_max")]:
+                        ("v_min", "v_min"), ("v_max", "v_max"),
+                        ("sample_once", "sample_once")]:
         if getattr(args, flag) is not None:
             value = getattr(args, flag)
             sac[field] = None if value == "none" else value

@@ -57,6 +57,11 @@ class SACConfig:
     num_atoms: int = 0
     v_min: float = -100.0
     v_max: float = 100.0
+    # Draw all training batches of an iteration in one call before its updates (one gather of
+    # updates x batch_size rows, as FastTD3 samples its large batches) instead of one gather
+    # per update inside the update loop. The same distribution (uniform, with replacement,
+    # from the buffer as it stands before the iteration's updates), other random draws.
+    sample_once: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,6 +346,7 @@ DOMAINS: dict[tuple[str, str], tuple[str | None, _Domain]] = {
                                                   "0 (scalar critic) or an integer >= 2")),
     ("sac", "v_min"): ("--v-min", _real()),
     ("sac", "v_max"): ("--v-max", _real()),
+    ("sac", "sample_once"): ("--sample-once", _bool()),
     ("proto", "num_prototypes"): ("--num-prototypes", _int(1)),
     ("proto", "latent_dim"): ("--latent-dim", _int(1)),
     ("proto", "encoder_hidden"): (None, _widths(optional=True)),

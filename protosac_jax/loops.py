@@ -97,8 +97,12 @@ def make_actor(cfg: TrainConfig, action_dim: int):
                       layer_norm=cfg.sac.layer_norm == "all")
 
 
-def init_state(loop: Loop, key) -> TrainState:
+def init_state(loop: Loop, key, learning_starts=None) -> TrainState:
+    """A run's first state. `learning_starts` (default: the config's) may be a traced int, so
+    one compiled program serves runs that differ only in their warm-up (`init_state_jit`)."""
     spec, cfg = loop.spec, loop.cfg
+    if learning_starts is None:
+        learning_starts = cfg.learning_starts
     learner_key, env_key, noise_key, rng = jax.random.split(key, 4)
     reservoir = None
     if loop.on_host:  # the host loop resets the envs and writes `obs` (see HostRunner)
@@ -130,8 +134,8 @@ def init_state(loop: Loop, key) -> TrainState:
             spec.render_example() if spec.uses_reservoir else render),
         rng=rng,
         env_steps=jnp.zeros((), jnp.int32),
-        random_until=jnp.asarray(cfg.learning_starts, jnp.int32),
-        updates_start=jnp.asarray(cfg.learning_starts, jnp.int32),
+        random_until=jnp.asarray(learning_starts, jnp.int32),
+        updates_start=jnp.asarray(learning_starts, jnp.int32),
         update_credit=jnp.zeros((), jnp.int32),
         reservoir=reservoir,
     )
@@ -433,7 +437,14 @@ def run_chunk(loop: Loop, ts: TrainState, num_iterations):
 run_chunk_jit = jax.jit(run_chunk, static_argnums=(0,), donate_argnums=(1,))
 # not donating: the trainer keeps the state before the final projection for resuming
 project_jit = jax.jit(project, static_argnums=(0,))
-init_state_jit = jax.jit(init_state, static_argnums=(0,))
+_init_state_program = jax.jit(init_state, static_argnums=(0,))
+
+
+def init_state_jit(loop: Loop, key) -> TrainState:
+    """`init_state` compiled, with the warm-up length passed in rather than written into the
+    program: runs that differ only in `--learning-starts` load one program from the compile
+    cache instead of compiling their own."""
+    return _init_state_program(loop, key, jnp.asarray(loop.cfg.learning_starts, jnp.int32))
 
 
 def chunk_iterations(cfg: TrainConfig) -> int:

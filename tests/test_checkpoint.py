@@ -36,7 +36,8 @@ def leaves_equal(a, b):
 
 
 # the SAC case also runs a fractional update ratio: the update credit is saved and resumed;
-# "ingredients" trains with n-step returns (the buffer keeps episode ends), LayerNorm and AdamW
+# "ingredients" trains with n-step returns (the buffer keeps episode ends), LayerNorm, AdamW and
+# every iteration's batches drawn in one call
 @pytest.mark.parametrize("baseline,ups,ingredients", [(False, 1.0, False), (True, 0.333, False),
                                                       (False, 1.0, True)],
                          ids=["protosac", "sac", "protosac-ingredients"])
@@ -45,7 +46,7 @@ def test_resume_is_bitwise_identical_to_one_go(tmp_path, baseline, ups, ingredie
         out = small_cfg(baseline=baseline, updates_per_step=ups, **kw)
         if ingredients:
             out = dataclasses.replace(out, sac=dataclasses.replace(
-                out.sac, n_step=3, layer_norm="all", weight_decay=0.01))
+                out.sac, n_step=3, layer_norm="all", weight_decay=0.01, sample_once=True))
         return out
 
     one_go = protosac_jax.train(cfg(total_steps=1500), out=tmp_path / "one", progress=False,

@@ -69,12 +69,15 @@ def test_flags_override_preset():
 def test_sac_ingredient_flags():
     cfg = cfg_of("--n-step", "3", "--layer-norm", "critic", "--weight-decay", "0.01",
                  "--init-alpha", "0.1", "--target-entropy", "-2", "--num-atoms", "51",
-                 "--v-min", "-10", "--v-max", "300")
+                 "--v-min", "-10", "--v-max", "300", "--sample-once")
+    assert cfg.sac.sample_once is True
+    assert cfg_of("--sample-once", "False").sac.sample_once is False
     assert (cfg.sac.n_step, cfg.sac.layer_norm, cfg.sac.weight_decay) == (3, "critic", 0.01)
     assert (cfg.sac.num_atoms, cfg.sac.v_min, cfg.sac.v_max) == (51, -10.0, 300.0)
     assert (cfg.sac.init_alpha, cfg.sac.target_entropy) == (0.1, -2.0)
     default = cfg_of().sac
     assert (default.n_step, default.layer_norm, default.weight_decay) == (1, "none", 0.0)
+    assert default.sample_once is False
     assert cfg_of("--target-entropy", "none").sac.target_entropy is None
 
 

@@ -102,3 +102,26 @@ def test_registry_names_indices_and_clear_errors():
     assert envs.resolve_name("Hopper") == "hopper"
     with pytest.raises(EnvError, match="unknown env 'nope'.*inverted_pendulum"):
         envs.resolve_name("nope")
+
+
+def test_gymnax_imports_without_seaborn_which_loads_when_gymnax_renders():
+    """gymnax's __init__ imports seaborn (and with it pandas, scipy.stats) for two envs'
+    renderers; envs.gymnax_envs.import_gymnax defers it to first use."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import jax
+from protosac_jax.envs import make_env
+make_env("pendulum").reset(jax.random.PRNGKey(0))
+assert "gymnax" in sys.modules
+print(sorted(m for m in ("seaborn", "pandas", "scipy.stats") if m in sys.modules))
+from gymnax.environments.misc import pong
+print(len(pong.sns.color_palette("Set1", 3)))   # the renderer's module works when used
+import seaborn
+print(type(seaborn).__name__, bool(seaborn.__version__))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    assert out[:3] == ["[]", "3", "module True"], out

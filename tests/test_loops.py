@@ -150,3 +150,28 @@ def test_gymnasium_evaluations_never_share_start_states(monkeypatch):
     rows = np.concatenate([first, second, third])
     assert len({tuple(np.round(r, 6)) for r in rows}) == 12  # 3 evaluations x 4 fresh states
     np.testing.assert_array_equal(first, again)  # the same evaluation step: the same states
+
+
+def test_runs_differing_in_warm_up_length_share_their_compiled_programs():
+    """The persistent compile cache keys programs by their HLO: two runs that differ only in
+    --learning-starts (and length, seed) lower to the same init and chunk programs, and the
+    warm-up still reaches the state."""
+    import jax.numpy as jnp
+
+    # (both runs at least as long as the 1000-row buffer, whose capacity is in the programs)
+    a, b = small_cfg(learning_starts=8, total_steps=1000), small_cfg(learning_starts=30,
+                                                                     total_steps=3000, seed=3)
+    key = jax.random.PRNGKey(0)
+    (loop_a, ts_a), (loop_b, ts_b) = make(a), make(b)
+    assert (int(ts_a.random_until), int(ts_a.updates_start)) == (8, 8)
+    assert (int(ts_b.random_until), int(ts_b.updates_start)) == (30, 30)
+
+    def init_program(loop, fn=loops._init_state_program, *warm_up):
+        return fn.lower(loop, key, *warm_up).as_text()
+
+    assert (init_program(loop_a, loops._init_state_program, jnp.int32(8))
+            == init_program(loop_b, loops._init_state_program, jnp.int32(30)))
+    written_in = jax.jit(loops.init_state, static_argnums=(0,))  # the warm-up as a constant
+    assert init_program(loop_a, written_in) != init_program(loop_b, written_in)
+    assert (loops.run_chunk_jit.lower(loop_a, ts_a, 1).as_text()
+            == loops.run_chunk_jit.lower(loop_b, ts_b, 1).as_text())

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +26,37 @@ GYMNAX_ENVS = {
 }
 
 
+class _Deferred(types.ModuleType):
+    """Stands in for a module while gymnax imports; the real one is imported on first use."""
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def import_gymnax():
+    """`import gymnax`, ~1-2 s faster on 2 CPU cores (benchmarks/RESULTS.md, "Test suite").
+
+    gymnax's package __init__ imports every env it has; two of them (bsuite/misc rendering)
+    import seaborn, which pulls in pandas and scipy.stats, and only their render functions use
+    it. While gymnax imports, `seaborn` is a stand-in that imports the real seaborn when one of
+    those functions first touches it; afterwards the stand-in leaves sys.modules, so a later
+    `import seaborn` anywhere gets the real module.
+    """
+    if "gymnax" in sys.modules or "seaborn" in sys.modules:
+        import gymnax
+        return gymnax
+    sys.modules["seaborn"] = _Deferred("seaborn")
+    try:
+        import gymnax
+    finally:
+        if isinstance(sys.modules.get("seaborn"), _Deferred):
+            del sys.modules["seaborn"]
+    return gymnax
+
+
 @functools.lru_cache(maxsize=None)
 def _make(env_id: str):
-    import gymnax  # imported lazily: only the gymnax backend needs it
+    gymnax = import_gymnax()  # imported lazily: only the gymnax backend needs it
 
     with jax.ensure_compile_time_eval():  # may first run inside a jit trace
         env, params = gymnax.make(env_id)
