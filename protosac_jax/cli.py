@@ -294,6 +294,21 @@ def jax_process_index() -> int:
 
 
 def main(argv=None) -> int:
+    # Flags and the env are checked before JAX and the trainer are imported (~2 s on 2 CPU
+    # cores), so a mistyped command answers at once. Groups (--num-seeds, --sweep) set the
+    # host device count before their config is built, --distributed joins the other
+    # processes first, and a resume reads its config from the run: those check later.
+    try:
+        args = build_parser().parse_args(argv)
+        sweep = config_lib.parse_sweep(args.sweep or [])
+        cfg = None
+        if (args.resume is None and not args.distributed and args.num_seeds is None
+                and not sweep):
+            cfg = config_from_args(args)
+    except (ConfigError, EnvError) as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+
     from protosac_jax import outputs
     from protosac_jax.checkpoint import CheckpointError
     from protosac_jax.outputs import WriteError
@@ -301,11 +316,9 @@ def main(argv=None) -> int:
     try:
         from protosac_jax import trainer
 
-        args = build_parser().parse_args(argv)
         progress = not (args.no_progress or args.quiet)
         from protosac_jax import groups
 
-        sweep = config_lib.parse_sweep(args.sweep or [])
         if args.distributed:
             if args.num_seeds is not None or sweep or (
                     args.resume is not None and groups.is_group(args.resume)):
@@ -330,7 +343,8 @@ def main(argv=None) -> int:
         else:
             if args.num_seeds is not None or sweep:  # before JAX starts (config_from_args)
                 groups.use_host_cores(groups.group_size(args.num_seeds, sweep))
-            cfg = config_from_args(args)
+            if cfg is None:
+                cfg = config_from_args(args)
             if args.out is not None:
                 trainer.check_writable_dir(args.out)
             if args.num_seeds is not None or sweep:

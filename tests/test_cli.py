@@ -338,3 +338,15 @@ def test_a_run_shorter_than_projection_every_ends_projected(tmp_path, source):
     else:
         assert "eval/return_mean_before_final_projection" not in last
         assert (prov["update_step"] == 0).all() and abs(last["proto/drift"]) < 1e-6
+
+
+def test_a_bad_flag_is_answered_before_jax_is_imported():
+    # A mistyped command answers at once: flags, the config's domains and env names are
+    # checked before JAX, the trainer and the envs' classes load (~2-3 s on this CPU).
+    code = ("import sys; from protosac_jax import cli; "
+            "rc = cli.main(['--gamma', '1.5', '--env', 'pendulum']); "
+            "print(rc, sorted(m for m in ('jax', 'flax', 'gymnax', 'brax') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.split("\n")[0] == "2 []", proc.stdout + proc.stderr
+    assert "--gamma must be in (0, 1]" in proc.stderr

@@ -8,8 +8,20 @@ default), brax/MJX names (`hopper`, `humanoid`, ...), and any other Gymnasium id
 
 from __future__ import annotations
 
-from protosac_jax.envs.base import EnvError, EnvSpec, StepResult
-from protosac_jax.envs.gymnax_envs import GYMNAX_ENVS, GymnaxEnv
+from protosac_jax.envs.names import GYMNAX_ENVS, EnvError
+
+# The env classes import JAX: they load on first use (module __getattr__, PEP 562), so names
+# resolve and bad flags fail without it.
+_LAZY = {"EnvSpec": "protosac_jax.envs.base", "StepResult": "protosac_jax.envs.base",
+         "GymnaxEnv": "protosac_jax.envs.gymnax_envs"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # The original ProtoSAC's --environment indices.
 ORIGINAL_INDICES = {
@@ -149,6 +161,8 @@ def make_env(name: str, frame_stack: int = 1, action_repeat: int = 1):
     if frame_stack != 1 or action_repeat != 1:
         raise EnvError("--frame-stack/--action-repeat apply to Gymnasium envs only")
     if canonical in GYMNAX_ENVS:
+        from protosac_jax.envs.gymnax_envs import GymnaxEnv
+
         return GymnaxEnv(canonical)
     from protosac_jax.envs.mjx_envs import MjxEnv
 

@@ -9,6 +9,8 @@ import flax.struct
 import jax
 import numpy as np
 
+from protosac_jax.envs.names import EnvError  # noqa: F401 - re-exported
+
 
 # Frames kept for "frames" envs (Box2D renders are downscaled to this), see gym_envs.py.
 FRAME_SHAPE = (96, 144, 3)
@@ -19,10 +21,6 @@ def rescale_actions(actions, low, high):
     actions = np.clip(np.asarray(actions, np.float64), -1.0, 1.0)
     return np.asarray(low, np.float64) + (actions + 1.0) * 0.5 * (
         np.asarray(high, np.float64) - np.asarray(low, np.float64))
-
-
-class EnvError(ValueError):
-    """An env name/index that cannot be used (the CLI turns this into one line, exit 2)."""
 
 
 @dataclasses.dataclass(frozen=True)

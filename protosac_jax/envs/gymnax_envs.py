@@ -18,12 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from protosac_jax.envs.base import EnvSpec, StepResult
-
-# name -> (gymnax id, render-state field names in order)
-GYMNAX_ENVS = {
-    "pendulum": ("Pendulum-v1", ("theta", "theta_dot", "last_u")),
-    "mountaincar": ("MountainCarContinuous-v0", ("position", "velocity")),
-}
+from protosac_jax.envs.names import GYMNAX_ENVS
 
 
 class _Deferred(types.ModuleType):
