@@ -136,6 +136,9 @@ def build_parser() -> OneLineParser:
     a("--sample-once", type=parse_bool, nargs="?", const=True,
       help="draw an iteration's training batches in one call before its updates "
       "(default False: one draw per update)")
+    a("--zero-init-heads", type=parse_bool, nargs="?", const=True,
+      help="start the actor's action means at 0: the baseline's output layer, ProtoSAC's "
+      "prototype means (default False)")
     a("--init-alpha", type=float, help="initial SAC temperature alpha (default 1)")
     a("--target-entropy", type=parse_optional_float,
       help="SAC's target policy entropy (default none = -|A|)")
@@ -230,7 +233,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("weight_decay", "weight_decay"), ("init_alpha", "init_alpha"),
                         ("target_entropy", "target_entropy"), ("num_atoms", "num_atoms"),
                         ("v_min", "v_min"), ("v_max", "v_max"),
-                        ("sample_once", "sample_once")]:
+                        ("sample_once", "sample_once"),
+                        ("zero_init_heads", "zero_init_heads")]:
         if getattr(args, flag) is not None:
             value = getattr(args, flag)
             sac[field] = None if value == "none" else value

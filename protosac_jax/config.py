@@ -62,6 +62,11 @@ class SACConfig:
     # per update inside the update loop. The same distribution (uniform, with replacement,
     # from the buffer as it stands before the iteration's updates), other random draws.
     sample_once: bool = False
+    # Zero-initialised action heads (FastTD3 / FastSAC zero their actor's mean and log-std
+    # output layers): the baseline's last Dense starts at 0 (mean 0, log-std 0), every ProtoSAC
+    # prototype's action mean m_k starts at 0 (by default U(-0.5, 0.5), so that the prototypes
+    # disagree from the first step; their log-stds start at proto.init_log_std either way).
+    zero_init_heads: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,6 +352,7 @@ DOMAINS: dict[tuple[str, str], tuple[str | None, _Domain]] = {
     ("sac", "v_min"): ("--v-min", _real()),
     ("sac", "v_max"): ("--v-max", _real()),
     ("sac", "sample_once"): ("--sample-once", _bool()),
+    ("sac", "zero_init_heads"): ("--zero-init-heads", _bool()),
     ("proto", "num_prototypes"): ("--num-prototypes", _int(1)),
     ("proto", "latent_dim"): ("--latent-dim", _int(1)),
     ("proto", "encoder_hidden"): (None, _widths(optional=True)),

@@ -92,9 +92,11 @@ def make_actor(cfg: TrainConfig, action_dim: int):
 
     if cfg.baseline:
         return GaussianActor(action_dim, tuple(cfg.sac.hidden_sizes), cfg.sac.log_std_min,
-                             cfg.sac.log_std_max, layer_norm=cfg.sac.layer_norm == "all")
+                             cfg.sac.log_std_max, layer_norm=cfg.sac.layer_norm == "all",
+                             zero_init_heads=cfg.sac.zero_init_heads)
     return ProtoActor(action_dim, cfg.proto, tuple(cfg.sac.hidden_sizes),
-                      layer_norm=cfg.sac.layer_norm == "all")
+                      layer_norm=cfg.sac.layer_norm == "all",
+                      zero_init_heads=cfg.sac.zero_init_heads)
 
 
 def init_state(loop: Loop, key, learning_starts=None) -> TrainState:

@@ -155,13 +155,20 @@ class GaussianActor:
     log_std_min: float = -20.0
     log_std_max: float = 2.0
     layer_norm: bool = False
+    zero_init_heads: bool = False  # SACConfig.zero_init_heads
 
     @property
     def net(self) -> MLP:
         return MLP(self.hidden_sizes, 2 * self.action_dim, self.layer_norm)
 
     def init(self, key, obs):
-        return self.net.init(key, obs)
+        params = self.net.init(key, obs)
+        if self.zero_init_heads:  # the last Dense gives (mean, log-std): 0 and 0 at the start
+            head = f"Dense_{len(self.hidden_sizes)}"
+            layers = dict(params["params"])
+            layers[head] = jax.tree_util.tree_map(jnp.zeros_like, layers[head])
+            params = {**params, "params": layers}
+        return params
 
     def _mean_std(self, params, obs):
         out = self.net.apply(params, obs)

@@ -239,6 +239,7 @@ class ProtoActor:
     cfg: PrototypeConfig = PrototypeConfig()
     hidden_sizes: tuple[int, ...] = (256, 256)
     layer_norm: bool = False  # in the encoder (SACConfig.layer_norm "all")
+    zero_init_heads: bool = False  # SACConfig.zero_init_heads: every m_k starts at 0
 
     @property
     def states_source(self) -> bool:
@@ -275,6 +276,9 @@ class ProtoActor:
         prototype states {"prototype_states": [K, *obs]} (a constant of the gradient step, as
         flax's non-"params" collections are; placeholders until the first selection)."""
         variables = {"params": self.net.init(key, obs)["params"]}
+        if self.zero_init_heads:  # every prototype starts acting 0 (SACConfig.zero_init_heads)
+            variables["params"] = {**variables["params"], "proto_means": jnp.zeros_like(
+                variables["params"]["proto_means"])}
         if self.states_source:
             variables["prototype_states"] = jnp.zeros(
                 (self.cfg.num_prototypes,) + obs.shape[1:], obs.dtype)

@@ -46,7 +46,8 @@ def test_resume_is_bitwise_identical_to_one_go(tmp_path, baseline, ups, ingredie
         out = small_cfg(baseline=baseline, updates_per_step=ups, **kw)
         if ingredients:
             out = dataclasses.replace(out, sac=dataclasses.replace(
-                out.sac, n_step=3, layer_norm="all", weight_decay=0.01, sample_once=True))
+                out.sac, n_step=3, layer_norm="all", weight_decay=0.01, sample_once=True,
+                zero_init_heads=True))
         return out
 
     one_go = protosac_jax.train(cfg(total_steps=1500), out=tmp_path / "one", progress=False,

@@ -72,6 +72,8 @@ def test_sac_ingredient_flags():
                  "--v-min", "-10", "--v-max", "300", "--sample-once")
     assert cfg.sac.sample_once is True
     assert cfg_of("--sample-once", "False").sac.sample_once is False
+    assert cfg_of("--zero-init-heads").sac.zero_init_heads is True
+    assert cfg_of("--zero-init-heads", "false").sac.zero_init_heads is False
     assert (cfg.sac.n_step, cfg.sac.layer_norm, cfg.sac.weight_decay) == (3, "critic", 0.01)
     assert (cfg.sac.num_atoms, cfg.sac.v_min, cfg.sac.v_max) == (51, -10.0, 300.0)
     assert (cfg.sac.init_alpha, cfg.sac.target_entropy) == (0.1, -2.0)

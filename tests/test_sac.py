@@ -385,3 +385,29 @@ def test_distributional_update_runs_for_every_actor(name):
     assert all(np.isfinite(float(v)) for v in metrics.values())
     out = sac.make_critic(cfg).apply(new.critic_params, batch.obs, batch.action)
     assert out.shape == (2, 16, 11)
+
+
+@pytest.mark.parametrize("name", ["baseline", "blend"])
+def test_zero_init_heads_start_every_action_mean_at_zero_and_they_learn(name):
+    """cfg.zero_init_heads (FastSAC): the deterministic action is tanh(0) = 0 in every state at
+    the start (the default is not), and one update moves the heads off zero."""
+    actor = dataclasses.replace(ACTORS[name], zero_init_heads=True)
+    obs = jax.random.normal(jax.random.PRNGKey(3), (16, 3))
+    params = actor.init(jax.random.PRNGKey(1), obs[:1])
+    default = ACTORS[name].init(jax.random.PRNGKey(1), obs[:1])
+    assert np.all(np.asarray(actor.deterministic(params, obs)) == 0.0)
+    assert np.abs(np.asarray(ACTORS[name].deterministic(default, obs))).max() > 1e-3
+    if name == "baseline":  # log-std 0 too: std 1 everywhere
+        _, std = actor._mean_std(params, obs)
+        assert np.all(np.asarray(std) == 1.0)
+    else:  # the prototypes' heads only: the encoder and the rest keep their init
+        for (path, a), (_, b) in zip(_named_leaves(params), _named_leaves(default)):
+            assert np.array_equal(a, b) != ("proto_means" in path), path
+
+    cfg = dataclasses.replace(CFG, zero_init_heads=True)
+    state = sac.init(jax.random.PRNGKey(1), actor, cfg, jnp.zeros(3), 1)
+    buf = replay.insert(replay.init(64, jax.tree_util.tree_map(lambda x: x[0], _batch())),
+                        _batch(32))
+    new, _ = jax.jit(sac.update_many, static_argnums=(3, 4, 5, 6))(
+        state, buf, jax.random.PRNGKey(0), 2, actor, cfg, 1)
+    assert np.abs(np.asarray(actor.deterministic(new.actor_params, obs))).max() > 0.0
