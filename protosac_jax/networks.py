@@ -68,6 +68,7 @@ class MLP(nn.Module):
     hidden_sizes: Sequence[int]
     out_dim: int
     layer_norm: bool = False
+    zero_out: bool = False  # the last Dense's kernel and bias start at 0
 
     @nn.compact
     def __call__(self, x):
@@ -78,6 +79,8 @@ class MLP(nn.Module):
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
             x = nn.relu(x)
+        if self.zero_out:
+            return nn.Dense(self.out_dim, kernel_init=nn.initializers.zeros)(x)
         return nn.Dense(self.out_dim)(x)
 
 
@@ -159,16 +162,12 @@ class GaussianActor:
 
     @property
     def net(self) -> MLP:
-        return MLP(self.hidden_sizes, 2 * self.action_dim, self.layer_norm)
+        # zero_init_heads: the last Dense gives (mean, log-std), 0 and 0 at the start
+        return MLP(self.hidden_sizes, 2 * self.action_dim, self.layer_norm,
+                   zero_out=self.zero_init_heads)
 
     def init(self, key, obs):
-        params = self.net.init(key, obs)
-        if self.zero_init_heads:  # the last Dense gives (mean, log-std): 0 and 0 at the start
-            head = f"Dense_{len(self.hidden_sizes)}"
-            layers = dict(params["params"])
-            layers[head] = jax.tree_util.tree_map(jnp.zeros_like, layers[head])
-            params = {**params, "params": layers}
-        return params
+        return self.net.init(key, obs)
 
     def _mean_std(self, params, obs):
         out = self.net.apply(params, obs)

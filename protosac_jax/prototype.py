@@ -89,6 +89,7 @@ class ProtoNet(nn.Module):
     learn_spread_coef: bool = False  # log lambda of the action-spread penalty is learned
     local_gains: bool = False  # per-prototype gains G_k [A, D] of the local feedback
     layer_norm: bool = False  # LayerNorm in the encoder's hidden layers (networks.MLP)
+    zero_means: bool = False  # every m_k starts at 0 (SACConfig.zero_init_heads)
 
     def setup(self):
         self.encoder = MLP(self.encoder_hidden, self.latent_dim, self.layer_norm)
@@ -97,7 +98,8 @@ class ProtoNet(nn.Module):
                 "prototypes", nn.initializers.normal(1.0),
                 (self.num_prototypes, self.latent_dim))
         self.proto_means = self.param(
-            "proto_means", _uniform_symmetric(0.5), (self.num_prototypes, self.action_dim))
+            "proto_means", nn.initializers.zeros if self.zero_means else _uniform_symmetric(0.5),
+            (self.num_prototypes, self.action_dim))
         self.proto_log_stds = self.param(
             "proto_log_stds", nn.initializers.constant(self.init_log_std),
             (self.num_prototypes, self.action_dim))
@@ -263,6 +265,7 @@ class ProtoActor:
             learn_spread_coef=self.cfg.target_action_spread is not None,
             local_gains=self.has_local_gain,
             layer_norm=self.layer_norm,
+            zero_means=self.zero_init_heads,
         )
 
     @property
@@ -276,9 +279,6 @@ class ProtoActor:
         prototype states {"prototype_states": [K, *obs]} (a constant of the gradient step, as
         flax's non-"params" collections are; placeholders until the first selection)."""
         variables = {"params": self.net.init(key, obs)["params"]}
-        if self.zero_init_heads:  # every prototype starts acting 0 (SACConfig.zero_init_heads)
-            variables["params"] = {**variables["params"], "proto_means": jnp.zeros_like(
-                variables["params"]["proto_means"])}
         if self.states_source:
             variables["prototype_states"] = jnp.zeros(
                 (self.cfg.num_prototypes,) + obs.shape[1:], obs.dtype)
