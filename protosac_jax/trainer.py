@@ -43,6 +43,8 @@ def enable_compilation_cache(path: str | None = None) -> str:
     """Turn on JAX's persistent compilation cache (cold start ~17 s -> ~5 s, DESIGN.md).
 
     Location: `path`, else $PROTOSAC_JAX_CACHE, else $XDG_CACHE_HOME/protosac_jax/xla.
+    Programs that compiled in under $PROTOSAC_JAX_CACHE_MIN_SECS seconds (default 0.5) are not
+    stored: the test suite sets 0, so that its many processes share even the small programs.
     """
     if path is None:
         path = os.environ.get("PROTOSAC_JAX_CACHE")
@@ -51,7 +53,8 @@ def enable_compilation_cache(path: str | None = None) -> str:
         path = os.path.join(base, "protosac_jax", "xla")
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    min_secs = float(os.environ.get("PROTOSAC_JAX_CACHE_MIN_SECS", "0.5"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_secs)
     return path
 
 

@@ -73,7 +73,9 @@ def _main(argv=None) -> int:
         if not run.exists():
             raise ConfigError(f"--ckpt {run}: no such run directory")
         import protosac_jax
+        from protosac_jax.trainer import enable_compilation_cache
 
+        enable_compilation_cache()  # a second export of a run loads its programs
         agent = protosac_jax.load(run, best=args.best)
         if args.environment is not None:
             wanted = envs.resolve_index(args.environment)

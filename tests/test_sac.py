@@ -232,13 +232,14 @@ def test_sample_once_draws_every_update_s_batch_in_one_call(n_step):
     # the same as drawing the batches with the key's first split and stepping through them
     # (both compiled: eager Adam steps differ in the last bits, which Adam's scaling amplifies)
     @jax.jit
-    def by_hand(state):
+    def by_hand(state):  # a scan over the drawn batches, not 4 unrolled updates (compile time)
         key, sample_key = jax.random.split(jax.random.PRNGKey(0))
         drawn = sac.sample_batches(buf, sample_key, cfg, 1, 4)
-        for i, key_i in enumerate(jax.random.split(key, 4)):
-            state, _ = sac.update(state, jax.tree_util.tree_map(lambda x: x[i], drawn), key_i,
-                                  actor, cfg, 1)
-        return state
+
+        def one(state, batch_and_key):
+            return sac.update(state, *batch_and_key, actor, cfg, 1)[0], None
+
+        return jax.lax.scan(one, state, (drawn, jax.random.split(key, 4)))[0]
 
     for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(by_hand(state))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
