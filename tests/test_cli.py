@@ -352,3 +352,9 @@ def test_a_bad_flag_is_answered_before_jax_is_imported():
                           text=True, timeout=120)
     assert proc.stdout.split("\n")[0] == "2 []", proc.stdout + proc.stderr
     assert "--gamma must be in (0, 1]" in proc.stderr
+    # an unknown env name too: brax's names are listed without importing brax
+    proc = subprocess.run([sys.executable, "-c", code.replace("'--gamma', '1.5', ", "")
+                           .replace("'pendulum'", "'nope'")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.split("\n")[0] == "2 []", proc.stdout + proc.stderr
+    assert "unknown env 'nope'" in proc.stderr and "inverted_pendulum" in proc.stderr

@@ -102,6 +102,12 @@ def test_registry_names_indices_and_clear_errors():
     assert envs.resolve_name("Hopper") == "hopper"
     with pytest.raises(EnvError, match="unknown env 'nope'.*inverted_pendulum"):
         envs.resolve_name("nope")
+    assert envs.resolve_name("fast") == "fast"  # any brax env name passes through
+    # the names listed without importing brax are brax's registry
+    from protosac_jax.envs import names
+    from protosac_jax.envs.mjx_envs import brax_env_names
+
+    assert names.BRAX_ENVS == brax_env_names()
 
 
 def test_gymnax_imports_without_seaborn_which_loads_when_gymnax_renders():

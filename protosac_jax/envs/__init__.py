@@ -8,7 +8,7 @@ default), brax/MJX names (`hopper`, `humanoid`, ...), and any other Gymnasium id
 
 from __future__ import annotations
 
-from protosac_jax.envs.names import GYMNAX_ENVS, EnvError
+from protosac_jax.envs.names import BRAX_ENVS, GYMNAX_ENVS, EnvError
 
 # The env classes import JAX: they load on first use (module __getattr__, PEP 562), so names
 # resolve and bad flags fail without it.
@@ -79,13 +79,10 @@ def resolve_name(name: str, backend: str = "auto") -> str:
         raise EnvError(f"--backend gymnasium needs a Gymnasium id (e.g. Hopper-v5), got {name!r}")
     if name.lower() in MJX_NAMES:
         return name.lower()
-    from protosac_jax.envs.mjx_envs import brax_env_names  # other brax envs pass through
-
-    if name in brax_env_names():
+    if name in BRAX_ENVS:  # other brax envs pass through
         return name
     raise EnvError(f"unknown env {name!r}; available: {', '.join(SUPPORTED)} (gymnax), "
-                   f"{', '.join(brax_env_names())} (MJX), or a Gymnasium id such as "
-                   "Hopper-v5")
+                   f"{', '.join(BRAX_ENVS)} (MJX), or a Gymnasium id such as Hopper-v5")
 
 
 def _own_gym_id(name: str) -> str:

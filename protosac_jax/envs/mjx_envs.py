@@ -53,17 +53,21 @@ def _make(name: str):
         return brax_envs.get_environment(name, backend="mjx")
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted(name: str):
-    """The brax env's (reset, step), each wrapped in jax.jit once per env name.
+_JITTED: dict[int, tuple] = {}  # id(env) -> (env, jitted reset, jitted step); a memo
+
+
+def _jitted(env):
+    """A brax env's (reset, step), each wrapped in jax.jit once per env object.
 
     A program calls the env step in three places (init_state's warm-up, the training step and
     the evaluation, each vmapped over its own batch). Nested in jit, the Python of brax/MJX
     is traced once per process, at one env's shapes, and vmap batches that jaxpr; without it,
-    each call site traced it again. Humanoid's start traced in ~9-12 s before, ~6 s after
-    (benchmarks/RESULTS.md, "Where humanoid's cold start goes"). XLA inlines the calls."""
-    env = _make(name)
-    return jax.jit(env.reset), jax.jit(env.step)
+    each call site traced it again (humanoid: ~2-4 s less tracing per process start,
+    benchmarks/RESULTS.md). XLA inlines the calls. Keyed by identity: a user's brax-style env
+    need not be hashable."""
+    if id(env) not in _JITTED:
+        _JITTED[id(env)] = (env, jax.jit(env.reset), jax.jit(env.step))
+    return _JITTED[id(env)][1:]
 
 
 @flax.struct.dataclass
@@ -99,18 +103,22 @@ class MjxEnv:
     def spec(self) -> EnvSpec:
         return _spec(self.name, self.episode_length)
 
+    @property
+    def _env(self):  # the brax env (envs/objects.py's BraxObjectEnv returns the user's)
+        return _make(self.name)
+
     def render_state(self, env_state: MjxState) -> jax.Array:
         pipeline = env_state.brax_state.pipeline_state
         return jnp.concatenate([pipeline.q, pipeline.qd]).astype(jnp.float32)
 
     def reset(self, key):
-        state = _jitted(self.name)[0](key)
+        state = _jitted(self._env)[0](key)
         return MjxState(state, state, jnp.zeros((), jnp.int32)), state.obs.astype(jnp.float32)
 
     def step(self, key, env_state: MjxState, action) -> StepResult:
         del key  # brax locomotion steps are deterministic
         # brax actions are in [-1, 1] already (actuator ctrlrange is applied by MJX).
-        stepped = _jitted(self.name)[1](env_state.brax_state, jnp.clip(action, -1.0, 1.0))
+        stepped = _jitted(self._env)[1](env_state.brax_state, jnp.clip(action, -1.0, 1.0))
         time = env_state.time + 1
         terminated = jnp.asarray(stepped.done) > 0.5
         truncated = jnp.logical_and(time >= self.episode_length, jnp.logical_not(terminated))
