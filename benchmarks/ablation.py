@@ -2,6 +2,7 @@
 actors, N seeds trained as one group per (variant, actor) through the real command:
 
     .venv/bin/python benchmarks/ablation.py [--env pendulum] [--seeds 5] [--only NAME ...]
+        [--total-steps N]   # a shorter budget than the preset's, where learning is not done
 
 For each run: `train.py --env ENV --num-seeds N [--baseline] FLAGS --quiet`. Appends one JSON
 line per (variant, actor) to benchmarks/results/ablation.jsonl (final eval of every seed, the
@@ -40,6 +41,7 @@ VARIANTS = {
 
 
 def run_group(env: str, seeds: int, baseline: bool, flags: list[str]) -> dict:
+    """One `train.py --num-seeds` group: its seeds' final / best evals and proto/effective."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "group"
         argv = [sys.executable, str(ROOT / "train.py"), "--env", env, "--num-seeds", str(seeds),
@@ -66,15 +68,18 @@ def main() -> None:
     parser.add_argument("--env", default="pendulum", choices=sorted(VARIANTS))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    parser.add_argument("--total-steps", type=int, help="env steps (default: the preset's)")
     args = parser.parse_args()
+    budget = ["--total-steps", str(args.total_steps)] if args.total_steps else []
     rows = []
     for name, flags in VARIANTS[args.env]:
         if args.only and name not in args.only:
             continue
         for baseline in (False, True):
             row = {"env": args.env, "variant": name, "flags": flags,
+                   "total_steps": args.total_steps,
                    "algo": "sac" if baseline else "protosac", "seeds": list(range(args.seeds)),
-                   **run_group(args.env, args.seeds, baseline, flags),
+                   **run_group(args.env, args.seeds, baseline, [*flags, *budget]),
                    "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
                    "cpus": os.cpu_count()}
             rows.append(row)
@@ -93,8 +98,8 @@ def table(rows: list[dict]) -> str:
     by = {(r["variant"], r["algo"]): r for r in rows}
     base = {a: by.get(("preset", a)) for a in ("protosac", "sac")}
     out = ["| variant | ProtoSAC final eval, mean (min) | vs preset | SAC final eval, mean (min) "
-           "| vs preset | ProtoSAC vs SAC | ProtoSAC effective prototypes | group wall s "
-           "(ProtoSAC / SAC) |", "|---|---|---|---|---|---|---|---|"]
+           "| vs preset | ProtoSAC vs SAC | ProtoSAC proto/effective (training batch, last "
+           "chunk) | group wall s (ProtoSAC / SAC) |", "|---|---|---|---|---|---|---|---|"]
     for variant in dict.fromkeys(r["variant"] for r in rows):
         p, s = by.get((variant, "protosac")), by.get((variant, "sac"))
         if p is None or s is None:

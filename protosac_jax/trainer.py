@@ -53,7 +53,12 @@ def enable_compilation_cache(path: str | None = None) -> str:
         path = os.path.join(base, "protosac_jax", "xla")
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
-    min_secs = float(os.environ.get("PROTOSAC_JAX_CACHE_MIN_SECS", "0.5"))
+    text = os.environ.get("PROTOSAC_JAX_CACHE_MIN_SECS", "0.5")
+    try:
+        min_secs = float(text)
+    except ValueError:
+        raise ConfigError(f"$PROTOSAC_JAX_CACHE_MIN_SECS must be seconds (a number), got "
+                          f"{text!r}") from None
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_secs)
     return path
 

@@ -358,3 +358,13 @@ def test_a_bad_flag_is_answered_before_jax_is_imported():
                           text=True, timeout=120)
     assert proc.stdout.split("\n")[0] == "2 []", proc.stdout + proc.stderr
     assert "unknown env 'nope'" in proc.stderr and "inverted_pendulum" in proc.stderr
+
+
+def test_a_bad_cache_threshold_is_one_line_and_writes_nothing(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PROTOSAC_JAX_CACHE_MIN_SECS": "abc"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--env", "pendulum", "--out",
+                           str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+    assert proc.stderr.strip().splitlines() == [
+        "train.py: error: $PROTOSAC_JAX_CACHE_MIN_SECS must be seconds (a number), got 'abc'"]
