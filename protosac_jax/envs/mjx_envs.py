@@ -59,12 +59,12 @@ _JITTED: dict[int, tuple] = {}  # id(env) -> (env, jitted reset, jitted step); a
 def _jitted(env):
     """A brax env's (reset, step), each wrapped in jax.jit once per env object.
 
-    A program calls the env step in three places (init_state's warm-up, the training step and
-    the evaluation, each vmapped over its own batch). Nested in jit, the Python of brax/MJX
-    is traced once per process, at one env's shapes, and vmap batches that jaxpr; without it,
-    each call site traced it again (humanoid: ~2-4 s less tracing per process start,
-    benchmarks/RESULTS.md). XLA inlines the calls. Keyed by identity: a user's brax-style env
-    need not be hashable."""
+    A process traces the env's reset three times (the spec, init_state, the evaluation) and its
+    step twice (the training iteration, the evaluation), each vmapped over its own batch.
+    Nested in jit, the Python of brax/MJX is traced once per process, at one env's shapes, and
+    vmap batches that jaxpr; without it, each call site traced it again (humanoid: ~3.5 s less
+    CPU tracing and lowering per process start, benchmarks/RESULTS.md). XLA inlines the calls.
+    Keyed by identity: a user's brax-style env need not be hashable."""
     if id(env) not in _JITTED:
         _JITTED[id(env)] = (env, jax.jit(env.reset), jax.jit(env.step))
     return _JITTED[id(env)][1:]
@@ -81,8 +81,9 @@ class MjxState:
 def _spec(name: str, episode_length: int) -> EnvSpec:
     env = _make(name)
     # Shapes only: abstract evaluation. (Under ensure_compile_time_eval this ran reset op by
-    # op, ~370 tiny compiles, 25 s of every MJX start on this CPU.)
-    state = jax.eval_shape(env.reset, jax.ShapeDtypeStruct((2,), jnp.uint32))
+    # op, ~370 tiny compiles, 25 s of every MJX start on this CPU.) Through the jitted reset,
+    # so that init_state's and the evaluation's resets reuse this trace.
+    state = jax.eval_shape(_jitted(env)[0], jax.ShapeDtypeStruct((2,), jnp.uint32))
     nq = state.pipeline_state.q.shape[-1]
     nv = state.pipeline_state.qd.shape[-1]
     return EnvSpec(
