@@ -180,8 +180,11 @@ def gymnax_spec(ref: str) -> EnvSpec:
 
 @functools.lru_cache(maxsize=None)
 def brax_spec(ref: str, episode_length: int) -> EnvSpec:
+    from protosac_jax.envs.mjx_envs import _jitted
+
     env = instance(ref)[1]
-    state = jax.eval_shape(env.reset, jax.random.PRNGKey(0))
+    # through the jitted reset the device env uses, as mjx_envs._spec: one trace of it
+    state = jax.eval_shape(_jitted(env)[0], jax.random.PRNGKey(0))
     dim = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(state.pipeline_state)))
     return EnvSpec(
         name=ref, env_id=ref, backend="brax", obs_shape=tuple(state.obs.shape),
