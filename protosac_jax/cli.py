@@ -95,6 +95,12 @@ def build_parser() -> OneLineParser:
     a("--recent-share", type=float,
       help="prototype states: share of the k-means candidates drawn from the newest "
       "--recent-window of the buffer (default 0 = uniform over the buffer)")
+    a("--rollout-share", type=float,
+      help="prototype states: share of the k-means candidates drawn from deterministic "
+      "episodes of the current policy run at each re-selection (device envs; default 0 = "
+      "the buffer alone)")
+    a("--rollout-episodes", type=int,
+      help="deterministic episodes --rollout-share runs at each re-selection (default 4)")
     a("--local-gain", type=float,
       help="bound b of each prototype's local feedback: it acts m_k + b tanh(G_k (z - p_k) / b) "
       "(pre-squash; default 0.25 for MJX locomotion, else 0; 0 with --distribution mixture); 0 = "
@@ -218,6 +224,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("target_action_spread", "target_action_spread"),
                         ("constraint_share", "constraint_share"),
                         ("recent_share", "recent_share"), ("recent_window", "recent_window"),
+                        ("rollout_share", "rollout_share"),
+                        ("rollout_episodes", "rollout_episodes"),
                         ("local_gain", "local_gain"),
                         ("normalize_latent", "normalize_latent"),
                         ("projection_every", "projection_every"), ("proto_init", "init"),

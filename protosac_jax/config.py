@@ -138,6 +138,12 @@ class PrototypeConfig:
     # a projection, and at the final one, are where the current policy goes. 0 = uniform.
     recent_share: float = 0.0
     recent_window: float = 0.2
+    # Source "states", device envs: share of the k-means candidates drawn from the live states
+    # of `rollout_episodes` deterministic episodes of the current policy, run at each
+    # re-selection (where the policy that is evaluated and explained goes: a balanced pendulum's
+    # fixed point). 0 = the buffer alone. A prototype chosen from them has buffer_index -2.
+    rollout_share: float = 0.0
+    rollout_episodes: int = 4
     # Local feedback inside a prototype's cell (0 = off: each prototype's action is the
     # constant m_k). With a bound b > 0, prototype k acts m_k + b tanh(G_k (z - p_k) / b) at a
     # state with latent z: its own action m_k at its own state, corrected by at most +-b
@@ -379,6 +385,8 @@ DOMAINS: dict[tuple[str, str], tuple[str | None, _Domain]] = {
     ("proto", "kmeans_iters"): (None, _int(0)),
     ("proto", "recent_share"): ("--recent-share", _real(0.0, 1.0)),
     ("proto", "recent_window"): ("--recent-window", _real(0.0, 1.0, low_open=True)),
+    ("proto", "rollout_share"): ("--rollout-share", _real(0.0, 1.0)),
+    ("proto", "rollout_episodes"): ("--rollout-episodes", _int(1)),
     ("proto", "local_gain"): ("--local-gain", NON_NEGATIVE),
     ("proto", "init_log_std"): (None, _real()),
     ("proto", "log_std_min"): (None, _real()),
@@ -426,6 +434,8 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.proto.distribution == "blend" or is_static_zero(cfg.proto.local_gain),
          "--local-gain needs --distribution blend (a mixture's components are constant; "
          "give --local-gain 0)"),
+        (cfg.proto.rollout_share == 0 or cfg.proto.source == "states",
+         "--rollout-share needs --prototypes states (it draws the states prototypes encode)"),
     ]
     for ok, message in checks:
         if not ok:

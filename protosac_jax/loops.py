@@ -215,6 +215,36 @@ def _candidates(loop: Loop, ts: TrainState):
     return ts.buffer.data.obs, ts.buffer.data.render_state, ts.buffer.size
 
 
+def uses_rollouts(loop: Loop) -> bool:
+    """`rollout_share` > 0 on a device env whose prototype states come from the buffer."""
+    return (loop.is_proto and loop.actor.states_source and not loop.on_host
+            and not loop.spec.uses_reservoir
+            and not config_lib.is_static_zero(loop.cfg.proto.rollout_share))
+
+
+def rollout_states(loop: Loop, learner: sac.SACState, key, num_episodes: int):
+    """The live states of `num_episodes` deterministic episodes of the current policy, as
+    projection candidates: (raw obs [E*T, ...], render states [E*T, ...], valid [E*T]); a
+    state after its episode ended is not valid."""
+    env = loop.env
+    env_state, obs = jax.vmap(env.reset)(jax.random.split(key, num_episodes))
+
+    def step(carry, step_key):
+        env_state, obs, alive = carry
+        render = jax.vmap(env.render_state)(env_state)
+        actions = loop.actor.deterministic(learner.actor_params,
+                                           sac.prepare_obs(learner, obs, loop.cfg.sac))
+        result = jax.vmap(env.step)(jax.random.split(step_key, num_episodes), env_state, actions)
+        done = jnp.logical_or(result.terminated, result.truncated)
+        return (result.env_state, result.obs, alive * (1.0 - done)), (obs, render, alive > 0)
+
+    init = (env_state, obs, jnp.ones((num_episodes,)))
+    _, (states, renders, valid) = jax.lax.scan(
+        step, init, jax.random.split(jax.random.fold_in(key, 1), loop.spec.episode_length))
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
+    return flat(states), flat(renders), flat(valid)
+
+
 def project(loop: Loop, ts: TrainState) -> TrainState:
     """Projection: source "free" moves every prototype onto its nearest real state; source
     "states" re-chooses the states the prototypes encode (prototype.select_prototype_states).
@@ -224,13 +254,17 @@ def project(loop: Loop, ts: TrainState) -> TrainState:
     transform = functools.partial(sac.prepare_obs, ts.learner, cfg=loop.cfg.sac)
     key = jax.random.fold_in(ts.rng, ts.learner.num_updates)
     if loop.actor.states_source:
+        extra = None
+        if uses_rollouts(loop):
+            extra = rollout_states(loop, ts.learner, jax.random.fold_in(key, 5),
+                                   proto_cfg.rollout_episodes)
         params, provenance = prototype.select_prototype_states(
             loop.actor, ts.learner.actor_params, obs, render, size, key,
             ts.learner.num_updates, jnp.min(ts.provenance.update_step) < 0,
             proto_cfg.projection_chunk, obs_transform=transform,
             refit=proto_cfg.refit_samples > 0,
             newest=None if loop.spec.uses_reservoir  # a reservoir keeps no time order
-            else jnp.mod(ts.buffer.insert_position - 1, ts.buffer.capacity))
+            else jnp.mod(ts.buffer.insert_position - 1, ts.buffer.capacity), extra=extra)
     else:
         refit_obs = None
         if proto_cfg.refit_samples > 0:  # states on which the policy is preserved
@@ -265,9 +299,15 @@ def maybe_project(loop: Loop, ts: TrainState, updates_before) -> TrainState:
 def needs_final_projection(loop: Loop, ts: TrainState) -> bool:
     """True when a ProtoSAC run ends without ever having projected (a run shorter than
     `projection_every` updates): it is projected once at the end so that every prototype is a
-    real state. Runs that projected keep their last projection, which keeps resuming exact."""
-    if not loop.is_proto or loop.cfg.proto.projection_every <= 0 or loop.actor.states_source:
-        return False  # "states" prototypes are real from their first selection on
+    real state. Source "states" with rollouts (`rollout_share`): the states are re-chosen once
+    more at the end, partly from the final policy's own episodes, unless the last selection
+    was at the final update. The checkpoint keeps the state before it, so resuming stays
+    exact (trainer._final_projection)."""
+    if not loop.is_proto or loop.cfg.proto.projection_every <= 0:
+        return False
+    if loop.actor.states_source:  # real from their first selection on
+        last = int(jnp.max(ts.provenance.update_step))
+        return uses_rollouts(loop) and 0 <= last < int(ts.learner.num_updates)
     never = int(jnp.min(ts.provenance.update_step)) < 0
     return never and int(ts.learner.num_updates) > 0 and int(_candidates(loop, ts)[2]) > 0
 

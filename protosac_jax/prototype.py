@@ -715,9 +715,30 @@ def candidate_rows(key, count: int, size, newest=None, recent_share=0.0,
     return jnp.where(jax.random.uniform(k_pick, (count,)) < recent_share, recent, uniform)
 
 
+def _gather_rows(table, extra, rows):
+    """Rows of `table` (ids < len(table)) or of `extra` (ids - len(table)), one gather each."""
+    cap = table.shape[0]
+    mine = table[jnp.clip(rows, 0, cap - 1)]
+    if extra is None:
+        return mine
+    theirs = extra[jnp.clip(rows - cap, 0, extra.shape[0] - 1)].astype(mine.dtype)
+    pick = (rows >= cap).reshape(rows.shape + (1,) * (mine.ndim - 1))
+    return jnp.where(pick, theirs, mine)
+
+
+def with_extra_candidates(key, ids, capacity: int, valid, share):
+    """Replace a `share` of the candidate buffer rows `ids` by rows of an extra pool (ids
+    `capacity + j`, j drawn uniformly among the pool's `valid` rows; none valid: none drawn)."""
+    k_pick, k_row = jax.random.fold_in(key, 3), jax.random.fold_in(key, 4)
+    j = jax.random.categorical(k_row, jnp.where(valid, 0.0, -jnp.inf), shape=ids.shape)
+    use = (jax.random.uniform(k_pick, ids.shape) < share) & jnp.any(valid)
+    return jnp.where(use, capacity + j.astype(ids.dtype), ids)
+
+
 def select_prototype_states(actor: ProtoActor, params, cand_obs, cand_render, size, key,
                             update_step, first, chunk: int = 4096, obs_transform=None,
-                            refit: bool = True, newest=None) -> tuple[Any, Provenance]:
+                            refit: bool = True, newest=None,
+                            extra=None) -> tuple[Any, Provenance]:
     """Source "states": re-choose the real state x_k behind every prototype p_k = f(x_k).
 
     `kmeans_samples` candidate rows are drawn uniformly and encoded; Lloyd's k-means in
@@ -727,6 +748,10 @@ def select_prototype_states(actor: ProtoActor, params, cand_obs, cand_render, si
     prototypes. The prototypes follow where the agent's states are dense, and each is a real
     state by construction. With `refit` (blend) the Gaussians are re-fitted on the sample so
     the policy survives the move (`refit_heads`).
+
+    `extra` = (obs [M, ...], render [M, ...], valid [M]): states outside the buffer (the
+    current policy's own rollouts, `rollout_share`) that a share of the candidates is drawn
+    from; a prototype chosen from them has buffer_index -2.
     """
     transform = obs_transform or (lambda o: o)
     cfg = actor.cfg
@@ -736,7 +761,12 @@ def select_prototype_states(actor: ProtoActor, params, cand_obs, cand_render, si
         newest = None  # the uniform rows alone (a swept share is traced)
     ids = candidate_rows(key, blocks * chunk, size, newest, cfg.recent_share,
                          cfg.recent_window)
-    rows = transform(cand_obs[ids])
+    extra_obs = extra_render = None
+    if extra is not None:
+        extra_obs, extra_render, extra_valid = extra
+        ids = with_extra_candidates(key, ids, cand_obs.shape[0], extra_valid,
+                                    cfg.rollout_share)
+    rows = transform(_gather_rows(cand_obs, extra_obs, ids))
     latents = jax.lax.map(lambda block: actor.encode(params, block),
                           rows.reshape((blocks, chunk) + rows.shape[1:]))
     latents = latents.reshape((blocks * chunk, -1))
@@ -745,8 +775,9 @@ def select_prototype_states(actor: ProtoActor, params, cand_obs, cand_render, si
     centres = kmeans(latents, cfg.num_prototypes, cfg.kmeans_iters, init)
     score = squared_distances(centres, latents)  # [K, S]
     neg_d, pos = jax.lax.top_k(-score, cfg.num_prototypes)
-    chosen = distinct_nearest(-neg_d, ids[pos])  # buffer rows
-    new_params = {**params, "prototype_states": transform(cand_obs[chosen]).astype(
+    chosen = distinct_nearest(-neg_d, ids[pos])  # buffer rows (extra rows: >= capacity)
+    chosen_obs = _gather_rows(cand_obs, extra_obs, chosen)
+    new_params = {**params, "prototype_states": transform(chosen_obs).astype(
         params["prototype_states"].dtype)}
     if refit and cfg.distribution == "blend":
         # not on the first selection: the placeholder prototypes gave every state the same
@@ -755,9 +786,9 @@ def select_prototype_states(actor: ProtoActor, params, cand_obs, cand_render, si
         new_params = jax.tree_util.tree_map(lambda a, b: jnp.where(first, a, b), new_params,
                                             refitted)
     provenance = Provenance(
-        buffer_index=chosen.astype(jnp.int32),
-        obs=cand_obs[chosen],
-        render_state=cand_render[chosen],
+        buffer_index=jnp.where(chosen >= cand_obs.shape[0], -2, chosen).astype(jnp.int32),
+        obs=chosen_obs,
+        render_state=_gather_rows(cand_render, extra_render, chosen),
         update_step=jnp.full(chosen.shape, update_step, jnp.int32),
         distance=jnp.linalg.norm(actor.prototypes(new_params) - old, axis=-1),
     )

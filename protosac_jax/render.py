@@ -182,7 +182,8 @@ def provenance_arrays(provenance) -> dict:
     """A training state's Provenance as the numpy dict that `load` returns."""
     return {"buffer_index": np.asarray(provenance.buffer_index),
             "render_state": np.asarray(provenance.render_state),
-            "obs": np.asarray(provenance.obs)}
+            "obs": np.asarray(provenance.obs),
+            "update_step": np.asarray(provenance.update_step)}
 
 
 def save_prototype_grid(path: Path, loop, ts, usage=None) -> Path:
@@ -199,7 +200,7 @@ def prototype_images(spec, provenance, frames: FrameSource | None = None,
     frames = FrameSource(spec) if own else frames
     try:
         return [frames(provenance["render_state"][i], provenance["obs"][i])
-                if provenance["buffer_index"][i] >= 0 else
+                if provenance["update_step"][i] >= 0 else  # -1: never chosen
                 (np.full((160, 160, 3), 255, np.uint8) if blank else None)
                 for i in range(len(provenance["buffer_index"]))]
     finally:

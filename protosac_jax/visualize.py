@@ -49,6 +49,13 @@ class Episode:
         return len(self.rewards)
 
 
+def source_row(buffer_index) -> str:
+    """Where a prototype's state came from: its replay-buffer row, or a rollout of the
+    policy at the re-selection (-2, `--rollout-share`)."""
+    index = int(buffer_index)
+    return "rollout" if index == -2 else str(index)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _policy(actor, sac_cfg, learner, obs):
     """(deterministic action in [-1, 1], prototype weights or an empty [B, 0])."""
@@ -389,7 +396,7 @@ def save_report(path: Path, agent, episodes, files: dict[str, Path], usage, thum
             parts.append(f"<tr><td><a href='#p{k}'>p{k}</a>{flag}</td><td>{usage[k]:.1%}</td>"
                          f"<td>{int(table['wins'][k])}</td><td>{agree}</td>"
                          f"<td>{table['mean_weight'][k]:.3f}</td><td>{gauss}</td>"
-                         f"<td>{int(prov['buffer_index'][k])}</td>"
+                         f"<td>{source_row(prov['buffer_index'][k])}</td>"
                          f"<td>{int(prov['update_step'][k])}</td></tr>")
         parts.append("</table>")
     if "prototypes" in files:

@@ -47,7 +47,8 @@ def test_resume_is_bitwise_identical_to_one_go(tmp_path, baseline, ups, ingredie
         if ingredients:
             out = dataclasses.replace(out, sac=dataclasses.replace(
                 out.sac, n_step=3, layer_norm="all", weight_decay=0.01, sample_once=True,
-                zero_init_heads=True))
+                zero_init_heads=True), proto=dataclasses.replace(
+                out.proto, rollout_share=0.5, local_gain=0.25))  # prototype states from rollouts
         return out
 
     one_go = protosac_jax.train(cfg(total_steps=1500), out=tmp_path / "one", progress=False,
@@ -317,19 +318,20 @@ def test_orphaned_tensorstore_read_errors_are_not_logged_after_the_one_line_repo
         assert [r for r in caplog.records if "some other failure" in r.getMessage()]
 
 
-@pytest.mark.parametrize("source", ["states", "free"])
+@pytest.mark.parametrize("source", ["states", "rollouts", "free"])
 def test_saved_prototypes_are_the_encodings_of_their_provenance_states(tmp_path, source):
     """What is saved and shown for prototype k is the state whose encoding the policy compares
     with: exactly (to float tolerance) for source "states", with normalised observations (the
-    stored network inputs follow the normaliser); for "free", the distance that remains is
-    what `proto/drift` reports."""
+    stored network inputs follow the normaliser), also when some states come from the
+    policy's own rollouts (`rollout_share`); for "free", the distance that remains is what
+    `proto/drift` reports."""
     cfg = small_cfg(total_steps=1200, updates_per_step=1.0)
+    extra = {"states": {}, "rollouts": dict(rollout_share=0.5, local_gain=0.25),
+             "free": dict(source="free", target_weight_entropy=None,
+                          target_action_spread=None)}[source]
     cfg = dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, normalize_obs=True),
-                              proto=dataclasses.replace(
-                                  cfg.proto, projection_every=300,
-                                  **({} if source == "states" else
-                                     dict(source="free", target_weight_entropy=None,
-                                          target_action_spread=None))))
+                              proto=dataclasses.replace(cfg.proto, projection_every=300,
+                                                        **extra))
     protosac_jax.train(cfg, out=tmp_path / "run", progress=False, quiet=True)
     agent = protosac_jax.load(tmp_path / "run")
     from protosac_jax import sac
@@ -343,10 +345,16 @@ def test_saved_prototypes_are_the_encodings_of_their_provenance_states(tmp_path,
     drift = [json.loads(line).get("proto/drift")
              for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     drift = [d for d in drift if d is not None][-1]
-    if source == "states":
+    if source != "free":
         assert shown_gap.max() < 1e-5 and drift < 1e-5
         buffer_rows = agent.prototypes["buffer_index"]
-        assert len(set(buffer_rows.tolist())) == len(buffer_rows)  # distinct states
+        from_buffer = buffer_rows[buffer_rows >= 0]
+        assert len(set(from_buffer.tolist())) == len(from_buffer)  # distinct states
+        rollout = buffer_rows == -2
+        assert rollout.any() == (source == "rollouts")
+        assert np.all((buffer_rows >= 0) | rollout)
+        # a rollout state is a state of the env: what it renders is saved with it
+        assert len(np.unique(agent.prototypes["obs"], axis=0)) == len(buffer_rows)
     else:  # free prototypes trained on after the last projection (at 900 updates)
         assert shown_gap.mean() > 1e-4
         assert drift == pytest.approx(float(shown_gap.mean()), rel=1e-3)

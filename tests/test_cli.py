@@ -175,6 +175,9 @@ def run_cli(*args, cwd=ROOT, script="train.py"):
      "--n-step 3 needs --learning-starts >= n-step x --num-envs (384)"),
     (["--local-gain", "0.25", "--distribution", "mixture"],
      "--local-gain needs --distribution blend"),
+    (["--rollout-share", "1.5"], "--rollout-share must be in [0, 1]"),
+    (["--rollout-share", "0.25", "--prototypes", "free"], "--rollout-share needs --prototypes states"),
+    (["--rollout-share", "0.25", "--backend", "gymnasium"], "no device rollouts"),
     # groups (--num-seeds, --sweep): refused before anything is compiled or written
     (["--sweep", "batch_size=32,64"], "--sweep cannot vary 'batch_size'"),
     (["--sweep", "actor_lr"], "--sweep expects NAME=v1,v2"),

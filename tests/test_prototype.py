@@ -605,3 +605,40 @@ def test_local_gain_is_refused_with_a_mixture():
     assert not prototype.ProtoActor(action_dim=1, cfg=bad.proto).has_local_gain
     config_lib.validate(dataclasses.replace(cfg, proto=dataclasses.replace(
         cfg.proto, local_gain=0.25)))
+
+
+def test_extra_candidates_replace_their_share_and_only_valid_rows():
+    key = jax.random.PRNGKey(0)
+    ids = jnp.arange(20_000) % 100  # buffer rows (capacity 100)
+    valid = jnp.arange(10) < 6  # extra rows 6..9 are not valid (after an episode ended)
+    out = np.asarray(prototype.with_extra_candidates(key, ids, 100, valid, 0.25))
+    extra = out >= 100
+    assert 0.23 < extra.mean() < 0.27
+    assert set(np.unique(out[extra] - 100)) == set(range(6))
+    np.testing.assert_array_equal(out[~extra], np.asarray(ids)[~extra])
+    none_valid = prototype.with_extra_candidates(key, ids, 100, valid & False, 0.25)
+    np.testing.assert_array_equal(np.asarray(none_valid), np.asarray(ids))
+
+
+def test_select_prototype_states_can_choose_rollout_states_exactly():
+    """With an extra pool (the policy's own rollouts) a prototype may be one of its states:
+    its state, render state and encoding are that state's, and its buffer_index is -2."""
+    actor = _states_actor(kmeans_samples=64, kmeans_iters=5, rollout_share=1.0)
+    buffer_obs = jax.random.normal(jax.random.PRNGKey(3), (80, 3))
+    render = jnp.arange(80, dtype=jnp.float32)[:, None]
+    params = actor.init(jax.random.PRNGKey(4), buffer_obs)
+    extra_obs = 5.0 + jax.random.normal(jax.random.PRNGKey(8), (12, 3))
+    extra_render = 1000.0 + jnp.arange(12, dtype=jnp.float32)[:, None]
+    valid = jnp.arange(12) < 8
+    new, prov = prototype.select_prototype_states(
+        actor, params, buffer_obs, render, 50, jax.random.PRNGKey(0), 3, True, chunk=16,
+        extra=(extra_obs, extra_render, valid))
+    index = np.asarray(prov.buffer_index)
+    assert np.all(index == -2)  # share 1: every candidate is a rollout state
+    rows = np.asarray(prov.render_state[:, 0]).astype(int) - 1000
+    assert len(set(rows.tolist())) == 4 and rows.max() < 8  # distinct, valid rollout states
+    np.testing.assert_array_equal(np.asarray(prov.obs), np.asarray(extra_obs[rows]))
+    np.testing.assert_array_equal(np.asarray(new["prototype_states"]),
+                                  np.asarray(extra_obs[rows]))
+    np.testing.assert_allclose(np.asarray(prototype.drift(actor, new, new["prototype_states"])),
+                               0.0, atol=1e-6)
