@@ -236,6 +236,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             proto[field] = None if value == "none" else value
     if proto.get("distribution") == "mixture" and "local_gain" not in proto:
         proto["local_gain"] = 0.0  # the default local feedback is a blend's (validate)
+    if proto.get("source") == "free" and "rollout_share" not in proto:
+        proto["rollout_share"] = 0.0  # the preset's rollouts choose "states" prototypes
     for flag, field in [("hidden", "hidden_sizes"), ("batch_size", "batch_size"),
                         ("gamma", "gamma"), ("n_step", "n_step"), ("layer_norm", "layer_norm"),
                         ("weight_decay", "weight_decay"), ("init_alpha", "init_alpha"),
@@ -261,6 +263,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     env = envs.make_env_for(cfg)  # validates the env now (e.g. Discrete actions, missing extra)
     if args.episodes is not None:
         cfg = dataclasses.replace(cfg, total_steps=args.episodes * env.spec.episode_length)
+    if getattr(env, "on_host", False) or env.spec.uses_reservoir:  # no device rollouts
+        if args.rollout_share:
+            raise ConfigError("--rollout-share needs an env that steps on the device (gymnax "
+                              "or MJX; Gymnasium and frame-drawn envs have no device rollouts)")
+        cfg = dataclasses.replace(cfg, proto=dataclasses.replace(cfg.proto, rollout_share=0.0))
     # Nothing here depends on --total-steps beyond the field itself (buffer capacity and the
     # last chunk are derived from it, config.buffer_capacity / loops.schedule), so a run
     # resumed to a longer total is the run a fresh command of that length would make.

@@ -142,6 +142,8 @@ class PrototypeConfig:
     # of `rollout_episodes` deterministic episodes of the current policy, run at each
     # re-selection (where the policy that is evaluated and explained goes: a balanced pendulum's
     # fixed point). 0 = the buffer alone. A prototype chosen from them has buffer_index -2.
+    # Envs that step on the host (Gymnasium) or draw from frames have no device rollouts:
+    # there the buffer alone is used (train.py refuses an explicit --rollout-share).
     rollout_share: float = 0.0
     rollout_episodes: int = 4
     # Local feedback inside a prototype's cell (0 = off: each prototype's action is the
@@ -471,11 +473,16 @@ def preset(env: str) -> TrainConfig:
     if env == "pendulum":
         # RL-zoo's SAC Pendulum settings (lr 1e-3) with smaller nets: Pendulum does not need
         # 256x256 and 64x64 halves the update cost (DESIGN.md, measured facts).
+        # Since 2026-12-06: 2 updates per env step, local feedback 0.25, and a quarter of the
+        # prototype states' candidates from the policy's own episodes, re-chosen every 3000
+        # updates (the last at the preset's final update): measured on 28 seeds, 14 of them
+        # never tuned on (benchmarks/RESULTS.md, "Rollout-drawn prototype states").
         return TrainConfig(
             env=env, total_steps=10_000, learning_starts=1_000, buffer_size=50_000,
-            eval_every=1_000,
+            eval_every=1_000, updates_per_step=2.0,
             sac=SACConfig(hidden_sizes=(64, 64), actor_lr=1e-3, critic_lr=1e-3, alpha_lr=1e-3),
-            proto=PrototypeConfig(latent_dim=32, projection_every=2_500),
+            proto=PrototypeConfig(latent_dim=32, projection_every=3_000, local_gain=0.25,
+                                  rollout_share=0.25),
         )
     if env == "mountaincar":
         # Sparse reward at the flag: SAC with white noise never finds it (a well-known
@@ -565,7 +572,8 @@ def to_json(cfg: TrainConfig) -> str:
 _LEGACY_DEFAULTS = {
     "PrototypeConfig": {"source": "free", "normalize_latent": False,
                         "target_weight_entropy": None, "target_action_spread": None,
-                        "decide": "auto", "constraint_share": 1.0, "local_gain": 0.0},
+                        "decide": "auto", "constraint_share": 1.0, "local_gain": 0.0,
+                        "rollout_share": 0.0},
 }
 
 

@@ -255,7 +255,9 @@ def save_grid(path: Path, spec, actor_params, provenance, usage=None, images=Non
                 spine.set_linewidth(2)
             ax.text(0.5, 0.05, "unused", color="#c0392b", ha="center", fontsize=7,
                     transform=ax.transAxes, fontweight="bold")
-    source = "captured frames" if spec.uses_reservoir else "buffer states"
+    rollouts = np.asarray(provenance["buffer_index"]) == -2  # states of the policy's episodes
+    source = ("captured frames" if spec.uses_reservoir else
+              "buffer and rollout states" if rollouts.any() else "buffer states")
     fig.suptitle(f"{spec.env_id}: {k} prototypes (real {source}); action mean±std", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -320,10 +320,6 @@ def _last_committed(members, target: Path, finished: bool = False) -> str:
 
 def make_loop(cfg: TrainConfig, env=None) -> loops.Loop:
     env = env if env is not None else envs.make_env_for(cfg)
-    if (not cfg.baseline and not config_lib.is_static_zero(cfg.proto.rollout_share)
-            and (getattr(env, "on_host", False) or env.spec.uses_reservoir)):
-        raise ConfigError("--rollout-share needs an env that steps on the device (gymnax or "
-                          "MJX; Gymnasium and frame-drawn envs have no device rollouts)")
     return loops.Loop(env=env, actor=loops.make_actor(cfg, env.spec.action_dim), cfg=cfg)
 
 

@@ -92,12 +92,24 @@ def test_the_tiny_flags_are_tiny_cfg():
                   "100", "--eval-every", "1000", "--seed", "3") == long
 
 
-def test_local_gain_is_the_locomotion_preset_s_and_0_for_a_mixture():
+def test_local_gain_is_the_locomotion_and_pendulum_presets_and_0_for_a_mixture():
     assert cfg_of("--env", "hopper").proto.local_gain == 0.25
     assert cfg_of("--env", "hopper", "--distribution", "mixture").proto.local_gain == 0.0
     assert cfg_of("--env", "hopper", "--local-gain", "0").proto.local_gain == 0.0
-    assert cfg_of("--env", "pendulum").proto.local_gain == 0.0
+    assert cfg_of("--env", "pendulum").proto.local_gain == 0.25
     assert cfg_of("--env", "pendulum", "--local-gain", "0.1").proto.local_gain == 0.1
+    assert cfg_of("--env", "mountaincar").proto.local_gain == 0.0
+
+
+def test_rollout_share_is_pendulum_s_where_the_env_steps_on_the_device():
+    pendulum = cfg_of("--env", "pendulum")
+    assert (pendulum.proto.rollout_share, pendulum.updates_per_step,
+            pendulum.proto.projection_every) == (0.25, 2.0, 3000)
+    # the Gymnasium twin steps on the host: the preset's rollouts are off there (an explicit
+    # --rollout-share is refused, test_bad_input_one_line_exit_2_nothing_written)
+    assert cfg_of("--env", "pendulum", "--backend", "gymnasium").proto.rollout_share == 0.0
+    assert cfg_of("--env", "pendulum", "--prototypes", "free").proto.rollout_share == 0.0
+    assert cfg_of("--env", "hopper").proto.rollout_share == 0.0
 
 
 def test_hopper_preset_is_the_family_s_at_half_the_batch_and_twice_the_updates():
@@ -117,12 +129,12 @@ def test_old_config_files_keep_the_behaviour_they_were_trained_with():
 
     data = config_lib.to_dict(config_lib.preset("pendulum"))
     for key in ("source", "normalize_latent", "target_weight_entropy", "target_action_spread",
-                "constraint_share", "local_gain"):
+                "constraint_share", "local_gain", "rollout_share"):
         del data["proto"][key]
     proto = config_lib.from_dict(data).proto
     assert (proto.source, proto.normalize_latent, proto.target_weight_entropy,
-            proto.target_action_spread, proto.constraint_share, proto.local_gain) == (
-        "free", False, None, None, 1.0, 0.0)
+            proto.target_action_spread, proto.constraint_share, proto.local_gain,
+            proto.rollout_share) == ("free", False, None, None, 1.0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("argv", [["--baseline", "maybe"], ["--num-envs", "0"],
