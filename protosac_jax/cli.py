@@ -97,13 +97,14 @@ def build_parser() -> OneLineParser:
       "--recent-window of the buffer (default 0 = uniform over the buffer)")
     a("--rollout-share", type=float,
       help="prototype states: share of the k-means candidates drawn from deterministic "
-      "episodes of the current policy run at each re-selection (device envs; default 0 = "
-      "the buffer alone)")
+      "episodes of the current policy run at each re-selection, and once more at the end "
+      "(device envs; default 0.25 for Pendulum, else 0 = the buffer alone)")
     a("--rollout-episodes", type=int,
       help="deterministic episodes --rollout-share runs at each re-selection (default 4)")
     a("--local-gain", type=float,
       help="bound b of each prototype's local feedback: it acts m_k + b tanh(G_k (z - p_k) / b) "
-      "(pre-squash; default 0.25 for MJX locomotion, else 0; 0 with --distribution mixture); 0 = "
+      "(pre-squash; default 0.25 for MJX locomotion and Pendulum, else 0; 0 with --distribution "
+      "mixture); 0 = "
       "a constant action per prototype")
     a("--recent-window", type=float,
       help="newest share of the buffer's rows --recent-share draws from (default 0.2)")

@@ -476,7 +476,7 @@ def preset(env: str) -> TrainConfig:
         # Since 2026-12-06: 2 updates per env step, local feedback 0.25, and a quarter of the
         # prototype states' candidates from the policy's own episodes, re-chosen every 3000
         # updates (the last at the preset's final update): measured on 28 seeds, 14 of them
-        # never tuned on (benchmarks/RESULTS.md, "Rollout-drawn prototype states").
+        # never tuned on (benchmarks/RESULTS.md, "The Pendulum default since 2026-12-06").
         return TrainConfig(
             env=env, total_steps=10_000, learning_starts=1_000, buffer_size=50_000,
             eval_every=1_000, updates_per_step=2.0,

