@@ -403,7 +403,9 @@ def save_report(path: Path, agent, episodes, files: dict[str, Path], usage, thum
         parts.append("<h2 id='grid'>Prototype states</h2><p>Each tile is the real state the "
                      "prototype is (source \"states\": the prototype is its encoding) or was "
                      "last projected onto (source \"free\"), with its action Gaussian and "
-                     "usage.</p>"
+                     "usage. Its state comes from the replay buffer, or (source row "
+                     "\"rollout\", --rollout-share) from a deterministic episode of the policy "
+                     "run when the prototypes were chosen.</p>"
                      f"<img alt='prototype grid' src='{_file_data(files['prototypes'])}'>")
     parts.append("<h2 id='actions'>Action distributions</h2>"
                  f"<img alt='action distributions' src='{_file_data(files['actions'])}'>")
