@@ -353,7 +353,7 @@ def test_saved_prototypes_are_the_encodings_of_their_provenance_states(tmp_path,
         rollout = buffer_rows == -2
         assert rollout.any() == (source == "rollouts")
         assert np.all((buffer_rows >= 0) | rollout)
-        # a rollout state is a state of the env: what it renders is saved with it
+        # distinct states, the rollout ones included
         assert len(np.unique(agent.prototypes["obs"], axis=0)) == len(buffer_rows)
     else:  # free prototypes trained on after the last projection (at 900 updates)
         assert shown_gap.mean() > 1e-4
