@@ -264,7 +264,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     env = envs.make_env_for(cfg)  # validates the env now (e.g. Discrete actions, missing extra)
     if args.episodes is not None:
         cfg = dataclasses.replace(cfg, total_steps=args.episodes * env.spec.episode_length)
-    if getattr(env, "on_host", False) or env.spec.uses_reservoir:  # no device rollouts
+    from protosac_jax.loops import device_rollouts
+
+    if not device_rollouts(env):
         if args.rollout_share:
             raise ConfigError("--rollout-share needs an env that steps on the device (gymnax "
                               "or MJX; Gymnasium and frame-drawn envs have no device rollouts)")

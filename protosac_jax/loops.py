@@ -215,10 +215,15 @@ def _candidates(loop: Loop, ts: TrainState):
     return ts.buffer.data.obs, ts.buffer.data.render_state, ts.buffer.size
 
 
+def device_rollouts(env) -> bool:
+    """Whether deterministic episodes of `env` can run inside the compiled step: gymnax/MJX
+    envs, not Gymnasium (host) envs nor envs whose prototypes are drawn from frames."""
+    return not getattr(env, "on_host", False) and not env.spec.uses_reservoir
+
+
 def uses_rollouts(loop: Loop) -> bool:
     """`rollout_share` > 0 on a device env whose prototype states come from the buffer."""
-    return (loop.is_proto and loop.actor.states_source and not loop.on_host
-            and not loop.spec.uses_reservoir
+    return (loop.is_proto and loop.actor.states_source and device_rollouts(loop.env)
             and not config_lib.is_static_zero(loop.cfg.proto.rollout_share))
 
 
@@ -226,21 +231,11 @@ def rollout_states(loop: Loop, learner: sac.SACState, key, num_episodes: int):
     """The live states of `num_episodes` deterministic episodes of the current policy, as
     projection candidates: (raw obs [E*T, ...], render states [E*T, ...], valid [E*T]); a
     state after its episode ended is not valid."""
-    env = loop.env
-    env_state, obs = jax.vmap(env.reset)(jax.random.split(key, num_episodes))
+    def record(env_state, obs, alive):
+        return obs, jax.vmap(loop.env.render_state)(env_state), alive > 0
 
-    def step(carry, step_key):
-        env_state, obs, alive = carry
-        render = jax.vmap(env.render_state)(env_state)
-        actions = loop.actor.deterministic(learner.actor_params,
-                                           sac.prepare_obs(learner, obs, loop.cfg.sac))
-        result = jax.vmap(env.step)(jax.random.split(step_key, num_episodes), env_state, actions)
-        done = jnp.logical_or(result.terminated, result.truncated)
-        return (result.env_state, result.obs, alive * (1.0 - done)), (obs, render, alive > 0)
-
-    init = (env_state, obs, jnp.ones((num_episodes,)))
-    _, (states, renders, valid) = jax.lax.scan(
-        step, init, jax.random.split(jax.random.fold_in(key, 1), loop.spec.episode_length))
+    _, (states, renders, valid) = deterministic_episodes(loop, learner, key, num_episodes,
+                                                         record)
     flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
     return flat(states), flat(renders), flat(valid)
 
@@ -389,25 +384,34 @@ def iteration(loop: Loop, carry):
     return ts, add_to_totals(totals, metrics, num_updates, started, finished)
 
 
-def evaluate(loop: Loop, learner: sac.SACState, key, num_episodes: int):
-    """Deterministic returns of `num_episodes` full episodes, run in parallel."""
+def deterministic_episodes(loop: Loop, learner: sac.SACState, key, num_episodes: int,
+                           record=None):
+    """`num_episodes` full episodes of the deterministic policy, run in parallel: (their
+    returns, and `record(env_state, obs, alive)` of every step before it, stacked [T, E, ...],
+    or None without `record`)."""
     actor_params = learner.actor_params
     env = loop.env
     env_state, obs = jax.vmap(env.reset)(jax.random.split(key, num_episodes))
 
     def step(carry, step_key):
         env_state, obs, total, alive = carry
+        seen = None if record is None else record(env_state, obs, alive)
         actions = loop.actor.deterministic(actor_params,
                                            sac.prepare_obs(learner, obs, loop.cfg.sac))
         result = jax.vmap(env.step)(jax.random.split(step_key, num_episodes), env_state, actions)
         total = total + alive * result.reward
         alive = alive * (1.0 - jnp.logical_or(result.terminated, result.truncated))
-        return (result.env_state, result.obs, total, alive), None
+        return (result.env_state, result.obs, total, alive), seen
 
     init = (env_state, obs, jnp.zeros((num_episodes,)), jnp.ones((num_episodes,)))
-    (_, _, total, _), _ = jax.lax.scan(
+    (_, _, total, _), seen = jax.lax.scan(
         step, init, jax.random.split(jax.random.fold_in(key, 1), loop.spec.episode_length))
-    return total
+    return total, seen
+
+
+def evaluate(loop: Loop, learner: sac.SACState, key, num_episodes: int):
+    """Deterministic returns of `num_episodes` full episodes, run in parallel."""
+    return deterministic_episodes(loop, learner, key, num_episodes)[0]
 
 
 def summarize(loop: Loop, ts: TrainState, totals, num_iterations, returns):
