@@ -101,6 +101,14 @@ def build_parser() -> OneLineParser:
       "(device envs; default 0.25 for Pendulum, else 0 = the buffer alone)")
     a("--rollout-episodes", type=int,
       help="deterministic episodes --rollout-share runs at each re-selection (default 4)")
+    a("--guard-episodes", type=int,
+      help="prototype states: the re-selection at the end of training keeps the best of "
+      "--selection-proposals proposals, played on this many deterministic episodes (same "
+      "starts), if it returns no less (by > 10%% of |return|) than the current states (device "
+      "envs; default 32 for Pendulum, else 0 = one proposal, always taken)")
+    a("--selection-proposals", type=int,
+      help="proposals for the end-of-training re-selection (needs --guard-episodes; default "
+      "8 for Pendulum, else 1)")
     a("--local-gain", type=float,
       help="bound b of each prototype's local feedback: it acts m_k + b tanh(G_k (z - p_k) / b) "
       "(pre-squash; default 0.25 for MJX locomotion and Pendulum, else 0; 0 with --distribution "
@@ -227,6 +235,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("recent_share", "recent_share"), ("recent_window", "recent_window"),
                         ("rollout_share", "rollout_share"),
                         ("rollout_episodes", "rollout_episodes"),
+                        ("guard_episodes", "guard_episodes"),
+                        ("selection_proposals", "selection_proposals"),
                         ("local_gain", "local_gain"),
                         ("normalize_latent", "normalize_latent"),
                         ("projection_every", "projection_every"), ("proto_init", "init"),
@@ -237,8 +247,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             proto[field] = None if value == "none" else value
     if proto.get("distribution") == "mixture" and "local_gain" not in proto:
         proto["local_gain"] = 0.0  # the default local feedback is a blend's (validate)
-    if proto.get("source") == "free" and "rollout_share" not in proto:
-        proto["rollout_share"] = 0.0  # the preset's rollouts choose "states" prototypes
+    if proto.get("guard_episodes") == 0:  # the preset's proposals need its guard
+        proto.setdefault("selection_proposals", 1)
+    if proto.get("source") == "free":  # the preset's rollouts and guard are for "states"
+        proto.setdefault("rollout_share", 0.0)
+        proto.setdefault("guard_episodes", 0)
+        proto.setdefault("selection_proposals", 1)
     for flag, field in [("hidden", "hidden_sizes"), ("batch_size", "batch_size"),
                         ("gamma", "gamma"), ("n_step", "n_step"), ("layer_norm", "layer_norm"),
                         ("weight_decay", "weight_decay"), ("init_alpha", "init_alpha"),
@@ -267,10 +281,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from protosac_jax.loops import device_rollouts
 
     if not device_rollouts(env):
-        if args.rollout_share:
-            raise ConfigError("--rollout-share needs an env that steps on the device (gymnax "
-                              "or MJX; Gymnasium and frame-drawn envs have no device rollouts)")
-        cfg = dataclasses.replace(cfg, proto=dataclasses.replace(cfg.proto, rollout_share=0.0))
+        for flag in ("rollout_share", "guard_episodes", "selection_proposals"):
+            if getattr(args, flag):
+                raise ConfigError(f"--{flag.replace('_', '-')} needs an env that steps on the "
+                                  "device (gymnax or MJX; Gymnasium and frame-drawn envs have "
+                                  "no device rollouts)")
+        cfg = dataclasses.replace(cfg, proto=dataclasses.replace(
+            cfg.proto, rollout_share=0.0, guard_episodes=0, selection_proposals=1))
     # Nothing here depends on --total-steps beyond the field itself (buffer capacity and the
     # last chunk are derived from it, config.buffer_capacity / loops.schedule), so a run
     # resumed to a longer total is the run a fresh command of that length would make.

@@ -146,6 +146,21 @@ class PrototypeConfig:
     # there the buffer alone is used (train.py refuses an explicit --rollout-share).
     rollout_share: float = 0.0
     rollout_episodes: int = 4
+    # Source "states", device envs: the re-selection at the end of training (the states
+    # that are saved, shown and explained) makes `selection_proposals` proposals (k-means on
+    # other candidate draws), plays each policy and the current one on `guard_episodes`
+    # deterministic episodes from the same start states, and keeps the proposal that returns
+    # most if it returns no less than the current states (mean >= current mean -
+    # guard_tolerance x |current mean|); otherwise the run ends with the current ones. A
+    # re-selection changes every state's weights at once; the heads' re-fit keeps the mean
+    # action close on the sampled states but not everywhere: on Pendulum some proposals spin
+    # the pendulum where the current policy balances it (RESULTS.md "Guarded re-selection").
+    # With a guard the states are always re-chosen at the end (loops.needs_final_projection).
+    # 0 = off (one proposal, always taken). Re-selections during training are not guarded:
+    # training repairs them, and a guard there kept some runs on their first states.
+    guard_episodes: int = 0
+    guard_tolerance: float = 0.1
+    selection_proposals: int = 1
     # Local feedback inside a prototype's cell (0 = off: each prototype's action is the
     # constant m_k). With a bound b > 0, prototype k acts m_k + b tanh(G_k (z - p_k) / b) at a
     # state with latent z: its own action m_k at its own state, corrected by at most +-b
@@ -389,6 +404,9 @@ DOMAINS: dict[tuple[str, str], tuple[str | None, _Domain]] = {
     ("proto", "recent_window"): ("--recent-window", _real(0.0, 1.0, low_open=True)),
     ("proto", "rollout_share"): ("--rollout-share", _real(0.0, 1.0)),
     ("proto", "rollout_episodes"): ("--rollout-episodes", _int(1)),
+    ("proto", "guard_episodes"): ("--guard-episodes", _int(0)),
+    ("proto", "guard_tolerance"): (None, NON_NEGATIVE),
+    ("proto", "selection_proposals"): ("--selection-proposals", _int(1)),
     ("proto", "local_gain"): ("--local-gain", NON_NEGATIVE),
     ("proto", "init_log_std"): (None, _real()),
     ("proto", "log_std_min"): (None, _real()),
@@ -438,6 +456,11 @@ def validate(cfg: TrainConfig) -> None:
          "give --local-gain 0)"),
         (cfg.proto.rollout_share == 0 or cfg.proto.source == "states",
          "--rollout-share needs --prototypes states (it draws the states prototypes encode)"),
+        (cfg.proto.guard_episodes == 0 or cfg.proto.source == "states",
+         "--guard-episodes needs --prototypes states (it guards their re-selection)"),
+        (cfg.proto.selection_proposals == 1 or cfg.proto.guard_episodes > 0,
+         "--selection-proposals needs --guard-episodes > 0 (the episodes that choose among "
+         "them)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -479,10 +502,11 @@ def preset(env: str) -> TrainConfig:
         # never tuned on (benchmarks/RESULTS.md, "The Pendulum default since 2026-12-06").
         return TrainConfig(
             env=env, total_steps=10_000, learning_starts=1_000, buffer_size=50_000,
-            eval_every=1_000, updates_per_step=2.0,
+            eval_every=1_000, eval_episodes=50, updates_per_step=2.0,
             sac=SACConfig(hidden_sizes=(64, 64), actor_lr=1e-3, critic_lr=1e-3, alpha_lr=1e-3),
-            proto=PrototypeConfig(latent_dim=32, projection_every=3_000, local_gain=0.25,
-                                  rollout_share=0.25),
+            proto=PrototypeConfig(latent_dim=32, projection_every=2_500, local_gain=0.25,
+                                  rollout_share=0.25, guard_episodes=32,
+                                  selection_proposals=8),
         )
     if env == "mountaincar":
         # Sparse reward at the flag: SAC with white noise never finds it (a well-known

@@ -227,6 +227,42 @@ def uses_rollouts(loop: Loop) -> bool:
             and not config_lib.is_static_zero(loop.cfg.proto.rollout_share))
 
 
+def uses_guard(loop: Loop) -> bool:
+    """`guard_episodes` > 0 on a device env whose prototype states come from the buffer."""
+    return (loop.is_proto and loop.actor.states_source and device_rollouts(loop.env)
+            and loop.cfg.proto.guard_episodes > 0)
+
+
+def policy_scores(loop: Loop, learner: sac.SACState, actor_params, key):
+    """Mean deterministic return of each of a stack of actor params [M, ...] (and of
+    `learner`'s own params, last) on the same `guard_episodes` episodes: [M + 1]."""
+    def score(params):
+        return jnp.mean(evaluate(loop, learner.replace(actor_params=params), key,
+                                 loop.cfg.proto.guard_episodes))
+
+    return jnp.append(jax.lax.map(score, actor_params), score(learner.actor_params))
+
+
+def guard_selection(loop: Loop, ts: TrainState, params, provenance: Provenance, key):
+    """The re-selection at the end of training: among `selection_proposals` of them (params
+    and provenance stacked [M, ...]), the one whose policy returns most on `guard_episodes`
+    deterministic episodes (the same start states for all), taken only if it returns no
+    less than the current selection, beyond `guard_tolerance` x |current mean|; otherwise
+    the run ends with the current states and heads. The first selection is always taken
+    (the placeholder prototypes are no policy to keep)."""
+    cfg = loop.cfg.proto
+    scores = policy_scores(loop, ts.learner, params, key)
+    best = jnp.argmax(scores[:-1])
+    pick = lambda x: x[best]  # noqa: E731
+    params, provenance = jax.tree_util.tree_map(pick, (params, provenance))
+    current = scores[-1]
+    take = jnp.logical_or(scores[best] >= current - cfg.guard_tolerance * jnp.abs(current),
+                          jnp.min(ts.provenance.update_step) < 0)
+    return jax.tree_util.tree_map(lambda new, old: jnp.where(take, new, old),
+                                  (params, provenance),
+                                  (ts.learner.actor_params, ts.provenance))
+
+
 def rollout_states(loop: Loop, learner: sac.SACState, key, num_episodes: int):
     """The live states of `num_episodes` deterministic episodes of the current policy, as
     projection candidates: (raw obs [E*T, ...], render states [E*T, ...], valid [E*T]); a
@@ -240,10 +276,13 @@ def rollout_states(loop: Loop, learner: sac.SACState, key, num_episodes: int):
     return flat(states), flat(renders), flat(valid)
 
 
-def project(loop: Loop, ts: TrainState) -> TrainState:
+def project(loop: Loop, ts: TrainState, final: bool = False) -> TrainState:
     """Projection: source "free" moves every prototype onto its nearest real state; source
     "states" re-chooses the states the prototypes encode (prototype.select_prototype_states).
-    Both re-fit the Gaussians (blend) so the policy survives the move."""
+    Both re-fit the Gaussians (blend) so the policy survives the move. At the end of
+    training (`final`) with `guard_episodes` (source "states"), `selection_proposals`
+    re-selections are played and the best is kept if it is no worse than the current states
+    (guard_selection)."""
     obs, render, size = _candidates(loop, ts)
     proto_cfg = loop.cfg.proto
     transform = functools.partial(sac.prepare_obs, ts.learner, cfg=loop.cfg.sac)
@@ -253,13 +292,24 @@ def project(loop: Loop, ts: TrainState) -> TrainState:
         if uses_rollouts(loop):
             extra = rollout_states(loop, ts.learner, jax.random.fold_in(key, 5),
                                    proto_cfg.rollout_episodes)
-        params, provenance = prototype.select_prototype_states(
-            loop.actor, ts.learner.actor_params, obs, render, size, key,
-            ts.learner.num_updates, jnp.min(ts.provenance.update_step) < 0,
-            proto_cfg.projection_chunk, obs_transform=transform,
-            refit=proto_cfg.refit_samples > 0,
-            newest=None if loop.spec.uses_reservoir  # a reservoir keeps no time order
-            else jnp.mod(ts.buffer.insert_position - 1, ts.buffer.capacity), extra=extra)
+
+        def select(key):
+            return prototype.select_prototype_states(
+                loop.actor, ts.learner.actor_params, obs, render, size, key,
+                ts.learner.num_updates, jnp.min(ts.provenance.update_step) < 0,
+                proto_cfg.projection_chunk, obs_transform=transform,
+                refit=proto_cfg.refit_samples > 0,
+                newest=None if loop.spec.uses_reservoir  # a reservoir keeps no time order
+                else jnp.mod(ts.buffer.insert_position - 1, ts.buffer.capacity), extra=extra)
+
+        if final and uses_guard(loop):
+            # proposal 0 is the unguarded selection; the others draw other candidates
+            keys = jnp.stack([key] + [jax.random.fold_in(key, 100 + i)
+                                      for i in range(1, proto_cfg.selection_proposals)])
+            params, provenance = guard_selection(loop, ts, *jax.lax.map(select, keys),
+                                                 jax.random.fold_in(key, 11))
+        else:
+            params, provenance = select(key)
     else:
         refit_obs = None
         if proto_cfg.refit_samples > 0:  # states on which the policy is preserved
@@ -294,15 +344,17 @@ def maybe_project(loop: Loop, ts: TrainState, updates_before) -> TrainState:
 def needs_final_projection(loop: Loop, ts: TrainState) -> bool:
     """True when a ProtoSAC run ends without ever having projected (a run shorter than
     `projection_every` updates): it is projected once at the end so that every prototype is a
-    real state. Source "states" with rollouts (`rollout_share`): the states are re-chosen once
-    more at the end, partly from the final policy's own episodes, unless the last selection
-    was at the final update. The checkpoint keeps the state before it, so resuming stays
+    real state. Source "states" with rollouts (`rollout_share`) or a guard
+    (`guard_episodes`): the states are re-chosen once more at the end (partly from the final
+    policy's own episodes; guarded: only if no worse), unless the last selection was at the
+    final update. The checkpoint keeps the state before it, so resuming stays
     exact (trainer._final_projection)."""
     if not loop.is_proto or loop.cfg.proto.projection_every <= 0:
         return False
     if loop.actor.states_source:  # real from their first selection on
         last = int(jnp.max(ts.provenance.update_step))
-        return uses_rollouts(loop) and 0 <= last < int(ts.learner.num_updates)
+        return ((uses_rollouts(loop) or uses_guard(loop))
+                and 0 <= last < int(ts.learner.num_updates))
     never = int(jnp.min(ts.provenance.update_step)) < 0
     return never and int(ts.learner.num_updates) > 0 and int(_candidates(loop, ts)[2]) > 0
 
@@ -441,6 +493,9 @@ def summarize(loop: Loop, ts: TrainState, totals, num_iterations, returns):
         # latent distance each prototype moved at its last projection (0 before the first)
         out["proto/projection_churn"] = jnp.mean(ts.provenance.distance)
         out["proto/drift"] = prototype_drift(loop, ts.learner, ts.provenance)
+        # update count of the last selection/projection taken (-1 before the first): with
+        # --guard-episodes, a scheduled re-selection that was not taken leaves it behind
+        out["proto/last_selection"] = jnp.max(ts.provenance.update_step)
     return out
 
 
@@ -482,7 +537,7 @@ def run_chunk(loop: Loop, ts: TrainState, num_iterations):
 
 run_chunk_jit = jax.jit(run_chunk, static_argnums=(0,), donate_argnums=(1,))
 # not donating: the trainer keeps the state before the final projection for resuming
-project_jit = jax.jit(project, static_argnums=(0,))
+project_jit = jax.jit(project, static_argnums=(0,), static_argnames=("final",))
 _init_state_program = jax.jit(init_state, static_argnums=(0,))
 
 
@@ -580,8 +635,8 @@ def run_group_chunk(loop: Loop, ts: TrainState, values, num_iterations):
     return ts, jax.vmap(finish)(ts, totals, values)
 
 
-def project_group(loop: Loop, ts: TrainState, values) -> TrainState:
-    return jax.vmap(lambda ts, v: project(member_loop(loop, v), ts))(ts, values)
+def project_group(loop: Loop, ts: TrainState, values, final: bool = False) -> TrainState:
+    return jax.vmap(lambda ts, v: project(member_loop(loop, v), ts, final))(ts, values)
 
 
 def group_member(tree, index: int):
@@ -591,7 +646,7 @@ def group_member(tree, index: int):
 
 init_group_jit = jax.jit(init_group, static_argnums=(0,))
 run_group_chunk_jit = jax.jit(run_group_chunk, static_argnums=(0,), donate_argnums=(1,))
-project_group_jit = jax.jit(project_group, static_argnums=(0,))
+project_group_jit = jax.jit(project_group, static_argnums=(0,), static_argnames=("final",))
 
 
 # --------------------------------------------------------------------------- host loop

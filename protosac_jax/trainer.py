@@ -508,10 +508,10 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
                   "the current policy before updating", file=sys.stderr)
     if group:
         ts, run_chunk = _group_runner(loop, ts, values)
-        project = functools.partial(loops.project_group_jit, loop, values=values)
+        project = functools.partial(loops.project_group_jit, loop, values=values, final=True)
     else:
         ts, run_chunk = _chunk_runner(loop, ts)
-        project = functools.partial(loops.project_jit, loop)
+        project = functools.partial(loops.project_jit, loop, final=True)
     if not quiet:
         where = f" x {len(members)} members ({_group_devices(ts)} devices)" if group else ""
         print(f"replay buffer: {capacity} transitions{where}, "

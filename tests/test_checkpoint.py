@@ -48,7 +48,8 @@ def test_resume_is_bitwise_identical_to_one_go(tmp_path, baseline, ups, ingredie
             out = dataclasses.replace(out, sac=dataclasses.replace(
                 out.sac, n_step=3, layer_norm="all", weight_decay=0.01, sample_once=True,
                 zero_init_heads=True), proto=dataclasses.replace(
-                out.proto, rollout_share=0.5, local_gain=0.25))  # prototype states from rollouts
+                out.proto, rollout_share=0.5, local_gain=0.25,  # states from rollouts,
+                guard_episodes=2, selection_proposals=2))  # the final one guarded
         return out
 
     one_go = protosac_jax.train(cfg(total_steps=1500), out=tmp_path / "one", progress=False,
@@ -323,10 +324,11 @@ def test_saved_prototypes_are_the_encodings_of_their_provenance_states(tmp_path,
     """What is saved and shown for prototype k is the state whose encoding the policy compares
     with: exactly (to float tolerance) for source "states", with normalised observations (the
     stored network inputs follow the normaliser), also when some states come from the
-    policy's own rollouts (`rollout_share`); for "free", the distance that remains is what
-    `proto/drift` reports."""
+    policy's own rollouts (`rollout_share`) and the final re-selection is the best of guarded
+    proposals; for "free", the distance that remains is what `proto/drift` reports."""
     cfg = small_cfg(total_steps=1200, updates_per_step=1.0)
-    extra = {"states": {}, "rollouts": dict(rollout_share=0.5, local_gain=0.25),
+    extra = {"states": {}, "rollouts": dict(rollout_share=0.5, local_gain=0.25,
+                                            guard_episodes=2, selection_proposals=3),
              "free": dict(source="free", target_weight_entropy=None,
                           target_action_spread=None)}[source]
     cfg = dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, normalize_obs=True),

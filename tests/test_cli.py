@@ -104,12 +104,25 @@ def test_local_gain_is_the_locomotion_and_pendulum_presets_and_0_for_a_mixture()
 def test_rollout_share_is_pendulum_s_where_the_env_steps_on_the_device():
     pendulum = cfg_of("--env", "pendulum")
     assert (pendulum.proto.rollout_share, pendulum.updates_per_step,
-            pendulum.proto.projection_every) == (0.25, 2.0, 3000)
+            pendulum.proto.projection_every) == (0.25, 2.0, 2500)
     # the Gymnasium twin steps on the host: the preset's rollouts are off there (an explicit
     # --rollout-share is refused, test_bad_input_one_line_exit_2_nothing_written)
     assert cfg_of("--env", "pendulum", "--backend", "gymnasium").proto.rollout_share == 0.0
     assert cfg_of("--env", "pendulum", "--prototypes", "free").proto.rollout_share == 0.0
     assert cfg_of("--env", "hopper").proto.rollout_share == 0.0
+
+
+def test_pendulum_guards_its_final_re_selection_and_evaluates_on_50_episodes():
+    pendulum = cfg_of("--env", "pendulum")
+    assert (pendulum.proto.guard_episodes, pendulum.proto.selection_proposals,
+            pendulum.eval_episodes) == (32, 8, 50)
+    off = cfg_of("--env", "pendulum", "--guard-episodes", "0").proto
+    assert (off.guard_episodes, off.selection_proposals) == (0, 1)
+    # no device episodes to guard with on the host; free prototypes are not re-selected
+    assert cfg_of("--env", "pendulum", "--backend", "gymnasium").proto.guard_episodes == 0
+    assert cfg_of("--env", "pendulum", "--prototypes", "free").proto.guard_episodes == 0
+    assert cfg_of("--env", "hopper").proto.guard_episodes == 0
+    assert cfg_of("--env", "mountaincar").proto.guard_episodes == 0
 
 
 def test_hopper_preset_is_the_family_s_at_half_the_batch_and_twice_the_updates():
@@ -129,12 +142,13 @@ def test_old_config_files_keep_the_behaviour_they_were_trained_with():
 
     data = config_lib.to_dict(config_lib.preset("pendulum"))
     for key in ("source", "normalize_latent", "target_weight_entropy", "target_action_spread",
-                "constraint_share", "local_gain", "rollout_share"):
+                "constraint_share", "local_gain", "rollout_share", "guard_episodes"):
         del data["proto"][key]
     proto = config_lib.from_dict(data).proto
     assert (proto.source, proto.normalize_latent, proto.target_weight_entropy,
             proto.target_action_spread, proto.constraint_share, proto.local_gain,
-            proto.rollout_share) == ("free", False, None, None, 1.0, 0.0, 0.0)
+            proto.rollout_share, proto.guard_episodes) == ("free", False, None, None, 1.0, 0.0,
+                                                           0.0, 0)
 
 
 @pytest.mark.parametrize("argv", [["--baseline", "maybe"], ["--num-envs", "0"],
@@ -190,6 +204,12 @@ def run_cli(*args, cwd=ROOT, script="train.py"):
     (["--rollout-share", "1.5"], "--rollout-share must be in [0, 1]"),
     (["--rollout-share", "0.25", "--prototypes", "free"], "--rollout-share needs --prototypes states"),
     (["--rollout-share", "0.25", "--backend", "gymnasium"], "no device rollouts"),
+    (["--guard-episodes", "-1"], "--guard-episodes must be an integer >= 0"),
+    (["--guard-episodes", "8", "--prototypes", "free"], "--guard-episodes needs --prototypes states"),
+    (["--guard-episodes", "8", "--backend", "gymnasium"], "no device rollouts"),
+    (["--selection-proposals", "0"], "--selection-proposals must be an integer >= 1"),
+    (["--selection-proposals", "4", "--guard-episodes", "0"],
+     "--selection-proposals needs --guard-episodes > 0"),
     # groups (--num-seeds, --sweep): refused before anything is compiled or written
     (["--sweep", "batch_size=32,64"], "--sweep cannot vary 'batch_size'"),
     (["--sweep", "actor_lr"], "--sweep expects NAME=v1,v2"),

@@ -175,3 +175,68 @@ def test_runs_differing_in_warm_up_length_share_their_compiled_programs():
     assert init_program(loop_a, written_in) != init_program(loop_b, written_in)
     assert (loops.run_chunk_jit.lower(loop_a, ts_a, 1).as_text()
             == loops.run_chunk_jit.lower(loop_b, ts_b, 1).as_text())
+
+
+@pytest.mark.parametrize("heads,first,taken", [
+    ([0.3, 0.0, 0.2], False, 1),    # the best proposal returns as much as the current: taken
+    ([0.3, 0.05, 0.2], False, 1),   # 5 % less, within the 10 % tolerance: taken
+    ([0.3, 0.2], False, None),      # the best returns 20 % less: the current states are kept
+    ([0.1, -0.5, 0.2], False, 1),   # more than the current: taken
+    ([0.3, 0.2], True, 1),          # the first selection is always taken (its best)
+])
+def test_the_final_re_selection_keeps_the_best_proposal_if_it_is_no_worse(monkeypatch, heads,
+                                                                          first, taken):
+    """loops.guard_selection plays every proposal and the current policy on the same
+    episodes. Here a stand-in evaluation scores a policy -100 (1 + its first head's mean), so
+    the answer is known for each set of proposals."""
+    import jax.numpy as jnp
+
+    cfg = small_cfg()
+    cfg = dataclasses.replace(cfg, proto=dataclasses.replace(
+        cfg.proto, guard_episodes=3, selection_proposals=len(heads)))
+    loop, ts = make(cfg)
+    assert loops.uses_guard(loop)
+    seen = []
+
+    def evaluate(loop_, learner, key, num_episodes):
+        seen.append((num_episodes, np.asarray(key)))
+        score = -100.0 * (1.0 + learner.actor_params["params"]["proto_means"][0, 0])
+        return jnp.full((num_episodes,), score)
+
+    monkeypatch.setattr(loops, "evaluate", evaluate)
+    params = ts.learner.actor_params
+    inner = dict(params["params"])
+    inner["proto_means"] = jnp.zeros_like(inner["proto_means"])
+    current = {**params, "params": inner}
+    step = -1 if first else 5
+    provenance = ts.provenance.replace(update_step=jnp.full_like(ts.provenance.update_step,
+                                                                 step))
+    ts = ts.replace(learner=ts.learner.replace(actor_params=current), provenance=provenance)
+    proposals = [{**current, "params": {**inner, "proto_means": inner["proto_means"] + h}}
+                 for h in heads]
+    proposed_provenance = [provenance.replace(
+        update_step=jnp.full_like(provenance.update_step, 9),
+        buffer_index=jnp.full_like(provenance.buffer_index, i)) for i in range(len(heads))]
+    stack = lambda trees: jax.tree_util.tree_map(lambda *x: jnp.stack(x), *trees)  # noqa
+    got, got_provenance = loops.guard_selection(loop, ts, stack(proposals),
+                                                stack(proposed_provenance),
+                                                jax.random.PRNGKey(3))
+    want = (current, provenance) if taken is None else (proposals[taken],
+                                                        proposed_provenance[taken])
+    assert same(got, want[0]) and same(got_provenance, want[1])
+    # every policy (the proposals under lax.map: traced once) was played on the same
+    # episodes, guard_episodes of them
+    assert all(n == 3 for n, _ in seen) and all(np.array_equal(seen[0][1], k) for _, k in seen)
+
+
+def test_a_guarded_run_logs_its_last_selection():
+    """Through training (the compiled chunk): the metric that shows whether scheduled
+    re-selections were taken, and prototypes that are real states at the end."""
+    cfg = small_cfg(total_steps=200, eval_every=200)
+    cfg = dataclasses.replace(cfg, proto=dataclasses.replace(
+        cfg.proto, guard_episodes=2, projection_every=50))
+    loop, ts = make(cfg)
+    ts, metrics = loops.run_chunk_jit(loop, ts, 200 // cfg.num_envs)
+    last = int(metrics["proto/last_selection"])
+    assert last >= 0 and last % 50 == 0 and last <= int(ts.learner.num_updates)
+    assert int(np.max(np.asarray(ts.provenance.update_step))) == last

@@ -29,12 +29,13 @@ def xla_flags(devices: int | None = None) -> str:
     return f"{SUITE_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
 
 BUFFER = 600  # rows: every tiny run is at least this long
-# The preset's 2 updates per env step, local feedback and rollout-drawn prototype states are
-# pinned off: the suite's many tiny runs keep one cheap program; tests of their own cover them.
+# The preset's 2 updates per env step, local feedback, rollout-drawn prototype states and
+# guarded re-selection are pinned off: the suite's many tiny runs keep one cheap program;
+# tests of their own cover them.
 FLAGS = ("--env", "pendulum", "--hidden", "32,32", "--batch-size", "64", "--num-prototypes",
          "8", "--latent-dim", "8", "--projection-every", "200", "--buffer-size", str(BUFFER),
          "--eval-episodes", "2", "--updates-per-step", "1", "--local-gain", "0",
-         "--rollout-share", "0")
+         "--rollout-share", "0", "--guard-episodes", "0")
 
 
 def tiny_cfg(**overrides) -> config_lib.TrainConfig:
@@ -46,5 +47,6 @@ def tiny_cfg(**overrides) -> config_lib.TrainConfig:
         cfg, buffer_size=BUFFER, eval_episodes=2, log_tensorboard=False, updates_per_step=1.0,
         sac=dataclasses.replace(cfg.sac, hidden_sizes=(32, 32), batch_size=64),
         proto=dataclasses.replace(cfg.proto, num_prototypes=8, latent_dim=8,
-                                  projection_every=200, local_gain=0.0, rollout_share=0.0))
+                                  projection_every=200, local_gain=0.0, rollout_share=0.0,
+                                  guard_episodes=0, selection_proposals=1))
     return dataclasses.replace(cfg, **overrides)
