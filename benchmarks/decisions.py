@@ -6,8 +6,8 @@
     python benchmarks/decisions.py --measure RUN [RUN ...] --tag T [flags ...]
 
 For each seed: `train.py --env ENV --seed S --out OUT/<tag>-s<S> <flags>`, then on the final
-policy (5 evaluation episodes, seed 0) the decision metrics viz.py writes to viz.json
-("decisions"), the top-1 deletion ratio (viz.py --faithfulness, k=1) and wall-clock. One JSON
+policy (`--episodes` evaluation episodes, default 5, seeds 0..N-1) the decision metrics viz.py
+writes to viz.json ("decisions"), the top-1 deletion ratio (viz.py --faithfulness, k=1) and wall-clock. One JSON
 line per run is appended to --results (benchmarks/results/decisions.jsonl). `--group` trains
 the seeds (consecutive, from the first) as one program (`train.py --num-seeds`) and measures
 each member; `--measure-group DIR` measures the members of a group trained earlier (the flags
@@ -37,7 +37,7 @@ def measure(run: Path, episodes: int = 5) -> dict:
     agent = protosac_jax.load(run)
     eps = visualize.play_episodes(agent.config, agent.spec, agent.actor, agent.learner,
                                   episodes, seed=0)
-    out = {"return_eval": float(np.mean([e.ret for e in eps]))}
+    out = {"return_eval": float(np.mean([e.ret for e in eps])), "episodes": episodes}
     if agent.is_proto:
         out.update(visualize.decisions(agent, eps, seed=0))
         obs = sac.prepare_obs(agent.learner, jnp.asarray(np.concatenate([e.obs for e in eps])),
@@ -58,6 +58,9 @@ def main() -> None:
     p.add_argument("--group", action="store_true",
                    help="train the seeds as one group (train.py --num-seeds)")
     p.add_argument("--measure-group", help="measure the members of this trained group")
+    p.add_argument("--episodes", type=int, default=5,
+                   help="evaluation episodes of the final policy the metrics are measured on "
+                   "(seeds 0..N-1; default 5, viz.py's); rows record it as `episodes`")
     p.add_argument("--measure", nargs="+", metavar="RUN",
                    help="measure these trained runs (one seed each; --tag names the rows)")
     args, flags = p.parse_known_args()
@@ -77,7 +80,7 @@ def main() -> None:
         summary = json.loads((run / "summary.json").read_text())
         row = {"env": args.env, "tag": args.tag, "seed": seed, "flags": flags,
                "train_wall_s": round(wall, 1), "final_eval": summary.get("final_eval"),
-               **measure(run), "date": time.strftime("%Y-%m-%d")}
+               **measure(run, args.episodes), "date": time.strftime("%Y-%m-%d")}
         print(json.dumps(row), flush=True)
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         with open(args.results, "a") as f:
@@ -98,7 +101,7 @@ def measure_runs(args, flags) -> None:
         final = json.loads(summary.read_text()).get("final_eval") if summary.exists() else None
         _append(args, {"env": config["env"], "tag": args.tag, "seed": config["seed"],
                        "flags": flags, "run": str(run), "final_eval": final,
-                       **measure(run), "date": time.strftime("%Y-%m-%d")})
+                       **measure(run, args.episodes), "date": time.strftime("%Y-%m-%d")})
 
 
 def measure_group(args, flags) -> None:
@@ -116,7 +119,8 @@ def measure_group(args, flags) -> None:
     for member in members:
         row = {"env": args.env, "tag": args.tag, "seed": member["seed"], "flags": flags,
                "group_wall_s": wall, "group_size": len(members),
-               "final_eval": member["final_eval"], **measure(group / member["dir"]),
+               "final_eval": member["final_eval"],
+               **measure(group / member["dir"], args.episodes),
                "date": time.strftime("%Y-%m-%d")}
         print(json.dumps(row), flush=True)
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
