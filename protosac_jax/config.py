@@ -154,7 +154,8 @@ class PrototypeConfig:
     # guard_tolerance x |current mean|); otherwise the run ends with the current ones. A
     # re-selection changes every state's weights at once; the heads' re-fit keeps the mean
     # action close on the sampled states but not everywhere: on Pendulum some proposals spin
-    # the pendulum where the current policy balances it (RESULTS.md "Guarded re-selection").
+    # the pendulum where the current policy balances it (RESULTS.md "The Pendulum default
+    # since 2026-12-07").
     # With a guard the states are always re-chosen at the end (loops.needs_final_projection).
     # 0 = off (one proposal, always taken). Re-selections during training are not guarded:
     # training repairs them, and a guard there kept some runs on their first states.
@@ -497,9 +498,13 @@ def preset(env: str) -> TrainConfig:
         # RL-zoo's SAC Pendulum settings (lr 1e-3) with smaller nets: Pendulum does not need
         # 256x256 and 64x64 halves the update cost (DESIGN.md, measured facts).
         # Since 2026-12-06: 2 updates per env step, local feedback 0.25, and a quarter of the
-        # prototype states' candidates from the policy's own episodes, re-chosen every 3000
-        # updates (the last at the preset's final update): measured on 28 seeds, 14 of them
-        # never tuned on (benchmarks/RESULTS.md, "The Pendulum default since 2026-12-06").
+        # prototype states' candidates from the policy's own episodes (RESULTS.md, "The
+        # Pendulum default from 2026-12-06 to 12-07"). Since 2026-12-07: re-chosen every 2500
+        # updates, then once more at the end as the best of 8 proposals played on 32
+        # episodes, kept only if no worse than the current states; the final eval on 50
+        # episodes (a 10-episode mean is below -200 in 2-5 % of good runs by start-state luck).
+        # Measured on 42 seeds, 14 of them never used for a choice (RESULTS.md, "The Pendulum
+        # default since 2026-12-07").
         return TrainConfig(
             env=env, total_steps=10_000, learning_starts=1_000, buffer_size=50_000,
             eval_every=1_000, eval_episodes=50, updates_per_step=2.0,

@@ -493,8 +493,8 @@ def summarize(loop: Loop, ts: TrainState, totals, num_iterations, returns):
         # latent distance each prototype moved at its last projection (0 before the first)
         out["proto/projection_churn"] = jnp.mean(ts.provenance.distance)
         out["proto/drift"] = prototype_drift(loop, ts.learner, ts.provenance)
-        # update count of the last selection/projection taken (-1 before the first): with
-        # --guard-episodes, a scheduled re-selection that was not taken leaves it behind
+        # update count of the last selection/projection taken (-1 before the first); after
+        # a guarded end-of-training re-selection, below the update count if it was not taken
         out["proto/last_selection"] = jnp.max(ts.provenance.update_step)
     return out
 

@@ -275,6 +275,23 @@ def _final_projection(loop: loops.Loop, ts, run_chunk, project):
     return ts, np.asarray(metrics["eval/return_mean"]), unprojected
 
 
+def _note_final_selection(loop: loops.Loop, ts, metrics: dict, name: str, quiet: bool):
+    """After the end-of-training re-selection: `proto/last_selection` as it now is, and a
+    note when a guard (--guard-episodes) kept the current states instead."""
+    if "proto/last_selection" not in metrics:
+        return
+    last = int(jnp.max(ts.provenance.update_step))
+    metrics["proto/last_selection"] = last
+    updates = int(ts.learner.num_updates)
+    if loops.uses_guard(loop) and last < updates and not quiet:
+        proto = loop.cfg.proto
+        print(f"{name + ': ' if name else ''}the end-of-training re-selection was not taken: "
+              f"none of its {proto.selection_proposals} proposals returned as much as the "
+              f"current prototype states on {proto.guard_episodes} deterministic episodes "
+              f"(tolerance {proto.guard_tolerance:g}); they stay the states chosen at update "
+              f"{last}", file=sys.stderr)
+
+
 def _record_video(loop: loops.Loop, ts, run_dir: Path, env_steps: int, quiet: bool) -> bool:
     """<run>/videos/step_<env_steps>.mp4: one deterministic episode of the current policy,
     each frame with its top-3 prototypes. False (with a note) if this env cannot render."""
@@ -589,6 +606,8 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
                         metrics["eval/return_mean_before_final_projection"] = \
                             metrics["eval/return_mean"]
                         metrics["eval/return_mean"] = float(returns[i] if group else returns)
+                        _note_final_selection(loop, pick(ts, i), metrics,
+                                              members[i].run_dir.name if group else "", quiet)
                 for m, metrics in zip(members, chunk_metrics):
                     m.history.append({"env_steps": env_steps, **metrics})
                     m.logger.log(env_steps, metrics)

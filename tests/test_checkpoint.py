@@ -360,6 +360,33 @@ def test_saved_prototypes_are_the_encodings_of_their_provenance_states(tmp_path,
     else:  # free prototypes trained on after the last projection (at 900 updates)
         assert shown_gap.mean() > 1e-4
         assert drift == pytest.approx(float(shown_gap.mean()), rel=1e-3)
+    if source == "rollouts":  # the guarded end-of-training re-selection, and its metric
+        last = [json.loads(line) for line in
+                (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+        assert last["proto/last_selection"] == int(agent.prototypes["update_step"].max())
+        assert last["proto/last_selection"] in (600, int(agent.learner.num_updates))
+
+
+def test_a_refused_final_re_selection_keeps_the_states_and_says_so(tmp_path, monkeypatch,
+                                                                   capsys):
+    """When no proposal of the guarded end-of-training re-selection is good enough
+    (here: the guard is made to refuse), the run ends on the states chosen before, the
+    saved prototypes are exactly those, the last metrics row shows it and stderr says so."""
+    from protosac_jax import loops
+
+    monkeypatch.setattr(loops, "guard_selection",
+                        lambda loop, ts, params, provenance, key: (ts.learner.actor_params,
+                                                                   ts.provenance))
+    cfg = small_cfg(total_steps=1200, updates_per_step=1.0)
+    cfg = dataclasses.replace(cfg, proto=dataclasses.replace(
+        cfg.proto, projection_every=300, guard_episodes=2, selection_proposals=2))
+    protosac_jax.train(cfg, out=tmp_path / "run", progress=False, quiet=False)
+    assert "the end-of-training re-selection was not taken" in capsys.readouterr().err
+    agent = protosac_jax.load(tmp_path / "run")
+    assert int(agent.learner.num_updates) == 700  # 1200 steps after 500 of warm-up
+    assert set(agent.prototypes["update_step"].tolist()) == {600}
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["proto/last_selection"] == 600
 
 
 def test_a_buffer_saved_before_the_optional_transition_fields_resumes(tmp_path, monkeypatch):
