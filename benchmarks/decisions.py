@@ -7,8 +7,9 @@
 
 For each seed: `train.py --env ENV --seed S --out OUT/<tag>-s<S> <flags>`, then on the final
 policy (`--episodes` evaluation episodes, default 5, seeds 0..N-1) the decision metrics viz.py
-writes to viz.json ("decisions"), the top-1 deletion ratio (viz.py --faithfulness, k=1) and wall-clock. One JSON
-line per run is appended to --results (benchmarks/results/decisions.jsonl). `--group` trains
+writes to viz.json ("decisions"), the top-1 deletion ratio (viz.py --faithfulness, k=1) and
+wall-clock. One JSON line per run is appended to --results
+(benchmarks/results/decisions.jsonl). `--group` trains
 the seeds (consecutive, from the first) as one program (`train.py --num-seeds`) and measures
 each member; `--measure-group DIR` measures the members of a group trained earlier (the flags
 are recorded as given, so give the ones it was trained with); `--measure RUN ...` measures

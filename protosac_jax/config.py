@@ -502,7 +502,8 @@ def preset(env: str) -> TrainConfig:
         # Pendulum default from 2026-12-06 to 12-07"). Since 2026-12-07: re-chosen every 2500
         # updates, then once more at the end as the best of 8 proposals played on 32
         # episodes, kept only if no worse than the current states; the final eval on 50
-        # episodes (a 10-episode mean is below -200 in 2-5 % of good runs by start-state luck).
+        # episodes (a 10-episode mean is below -200 in 2.5-5.5 % of good runs by luck of
+        # the start states).
         # Measured on 42 seeds, 14 of them never used for a choice (RESULTS.md, "The Pendulum
         # default since 2026-12-07").
         return TrainConfig(
