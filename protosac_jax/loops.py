@@ -240,7 +240,10 @@ def policy_scores(loop: Loop, learner: sac.SACState, actor_params, key):
         return jnp.mean(evaluate(loop, learner.replace(actor_params=params), key,
                                  loop.cfg.proto.guard_episodes))
 
-    return jnp.append(jax.lax.map(score, actor_params), score(learner.actor_params))
+    # one traced evaluation for all M + 1 (the env step is compiled once, not twice)
+    every = jax.tree_util.tree_map(lambda stack, own: jnp.concatenate([stack, own[None]]),
+                                   actor_params, learner.actor_params)
+    return jax.lax.map(score, every)
 
 
 def guard_selection(loop: Loop, ts: TrainState, params, provenance: Provenance, key):
