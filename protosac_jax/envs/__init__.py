@@ -42,8 +42,8 @@ ALIASES = {
     "mountaincarcontinuous-v0": "mountaincar",
 }
 
-MJX_NAMES = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inverted_pendulum",
-             "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
+# brax's envs less "fast" (its test env), as help lists them
+MJX_NAMES = tuple(name for name in BRAX_ENVS if name != "fast")
 GYMNASIUM_IDS = ("LunarLanderContinuous-v3", "HalfCheetah-v5", "Humanoid-v5", "Hopper-v5",
                  "CarRacing-v3", "BipedalWalker-v3", "Walker2d-v5", "Ant-v5")
 BACKENDS = ("auto", "gymnasium")
@@ -77,10 +77,8 @@ def resolve_name(name: str, backend: str = "auto") -> str:
         return name
     if backend == "gymnasium":
         raise EnvError(f"--backend gymnasium needs a Gymnasium id (e.g. Hopper-v5), got {name!r}")
-    if name.lower() in MJX_NAMES:
+    if name.lower() in BRAX_ENVS:
         return name.lower()
-    if name in BRAX_ENVS:  # other brax envs pass through
-        return name
     raise EnvError(f"unknown env {name!r}; available: {', '.join(SUPPORTED)} (gymnax), "
                    f"{', '.join(BRAX_ENVS)} (MJX), or a Gymnasium id such as Hopper-v5")
 
