@@ -94,8 +94,8 @@ def build_parser() -> OneLineParser:
       "penalty hold at their targets (default 0.25; 1 = the batch mean)")
     a("--recent-share", type=float,
       help="prototype states: share of the k-means candidates drawn from the newest "
-      "--recent-window of the buffer (default 0 = uniform over the buffer; not for envs "
-      "whose prototypes are captured frames, e.g. LunarLander)")
+      "--recent-window of the buffer (default 0 = uniform over the buffer; envs drawn from "
+      "captured frames: of the frame reservoir)")
     a("--rollout-share", type=float,
       help="prototype states: share of the k-means candidates drawn from deterministic "
       "episodes of the current policy run at each re-selection, and once more at the end "
@@ -289,11 +289,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                                   "no device rollouts)")
         cfg = dataclasses.replace(cfg, proto=dataclasses.replace(
             cfg.proto, rollout_share=0.0, guard_episodes=0, selection_proposals=1))
-    if env.spec.uses_reservoir and args.recent_share:
-        # its prototype candidates are a reservoir sample of frames, which keeps no time order
-        raise ConfigError(f"--recent-share needs prototype candidates from the replay buffer; "
-                          f"{cfg.env} draws them from its frame reservoir, which has no newest "
-                          "rows")
     # Nothing here depends on --total-steps beyond the field itself (buffer capacity and the
     # last chunk are derived from it, config.buffer_capacity / loops.schedule), so a run
     # resumed to a longer total is the run a fresh command of that length would make.

@@ -215,6 +215,13 @@ def _candidates(loop: Loop, ts: TrainState):
     return ts.buffer.data.obs, ts.buffer.data.render_state, ts.buffer.size
 
 
+def _newest_row(loop: Loop, ts: TrainState):
+    """The candidate row written last: the replay buffer's, or the frame reservoir's (a ring
+    of the newest `frame_reservoir` captures, so `recent_share` works there too)."""
+    table = ts.reservoir if loop.spec.uses_reservoir else ts.buffer
+    return jnp.mod(table.insert_position - 1, table.capacity)
+
+
 def device_rollouts(env) -> bool:
     """Whether deterministic episodes of `env` can run inside the compiled step: gymnax/MJX
     envs, not Gymnasium (host) envs nor envs whose prototypes are drawn from frames."""
@@ -302,8 +309,7 @@ def project(loop: Loop, ts: TrainState, final: bool = False) -> TrainState:
                 ts.learner.num_updates, jnp.min(ts.provenance.update_step) < 0,
                 proto_cfg.projection_chunk, obs_transform=transform,
                 refit=proto_cfg.refit_samples > 0,
-                newest=None if loop.spec.uses_reservoir  # a reservoir keeps no time order
-                else jnp.mod(ts.buffer.insert_position - 1, ts.buffer.capacity), extra=extra)
+                newest=_newest_row(loop, ts), extra=extra)
 
         if final and uses_guard(loop):
             # proposal 0 is the unguarded selection; the others draw other candidates

@@ -208,8 +208,6 @@ def run_cli(*args, cwd=ROOT, script="train.py"):
     (["--guard-episodes", "8", "--prototypes", "free"],
      "--guard-episodes needs --prototypes states"),
     (["--guard-episodes", "8", "--backend", "gymnasium"], "no device rollouts"),
-    (["--env", "LunarLanderContinuous-v3", "--recent-share", "0.5"],
-     "--recent-share needs prototype candidates from the replay buffer"),
     (["--selection-proposals", "0"], "--selection-proposals must be an integer >= 1"),
     (["--selection-proposals", "4", "--guard-episodes", "0"],
      "--selection-proposals needs --guard-episodes > 0"),

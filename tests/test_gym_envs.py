@@ -153,6 +153,29 @@ def test_reservoir_env_spec_and_state():
         np.testing.assert_array_equal(prov.render_state[i], frames[row])
 
 
+def test_recent_share_draws_from_the_newest_reservoir_frames():
+    """--recent-share on a frame-reservoir env: the reservoir is a ring of the newest captures,
+    so candidates (and so prototype states) come from its newest --recent-window rows."""
+    loop = _host_loop("LunarLanderContinuous-v3", frame_reservoir=8, frame_every=1)
+    runner = loops.HostRunner(loop)
+    ts = loops.init_state_jit(loop, jax.random.PRNGKey(0))
+    ts, _ = runner(loop, ts, 6)  # 6 captures, rows 0..5
+    runner.close()
+    recent = dataclasses.replace(loop.cfg, proto=dataclasses.replace(
+        loop.cfg.proto, recent_share=1.0, recent_window=0.5))
+    recent_loop = loops.Loop(loop.env, loops.make_actor(recent, loop.spec.action_dim), recent)
+    rows = set()
+    for seed in range(3):
+        out = loops.project(recent_loop, ts.replace(rng=jax.random.PRNGKey(seed)))
+        rows |= set(np.asarray(out.provenance.buffer_index).tolist())
+    assert rows == {3, 4, 5}  # the newest half of 6 captures; 3 prototypes, distinct rows
+    uniform = set()
+    for seed in range(3):
+        out = loops.project(loop, ts.replace(rng=jax.random.PRNGKey(seed)))
+        uniform |= set(np.asarray(out.provenance.buffer_index).tolist())
+    assert uniform - {3, 4, 5}  # without it, older captures are chosen too
+
+
 def test_mujoco_render_state_is_qpos_qvel():
     vec = GymVectorEnv(GymEnv("Hopper-v5"), num_envs=2, seed=0)
     vec.reset()
