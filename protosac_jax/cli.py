@@ -115,6 +115,10 @@ def build_parser() -> OneLineParser:
       "(pre-squash; default 0.25 for MJX locomotion and Pendulum, else 0; 0 with --distribution "
       "mixture); 0 = "
       "a constant action per prototype")
+    a("--backward-temperature-scale", type=float,
+      help="learn through softer weights: the policy acts with the weights at temperature tau, "
+      "the actor loss's gradient reaches the encoder through those at this multiple of tau "
+      "(straight-through; default 1 = off)")
     a("--recent-window", type=float,
       help="newest share of the buffer's rows --recent-share draws from (default 0.2)")
     a("--normalize-latent", type=parse_bool,
@@ -239,6 +243,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("guard_episodes", "guard_episodes"),
                         ("selection_proposals", "selection_proposals"),
                         ("local_gain", "local_gain"),
+                        ("backward_temperature_scale", "backward_temperature_scale"),
                         ("normalize_latent", "normalize_latent"),
                         ("projection_every", "projection_every"), ("proto_init", "init"),
                         ("weight_entropy_coef", "weight_entropy_coef"),

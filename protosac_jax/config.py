@@ -171,6 +171,13 @@ class PrototypeConfig:
     # Classic control keeps 0: there the correction plus a little blending took Pendulum seed
     # 21's top-1 agreement to 0.77 (RESULTS.md "Local feedback").
     local_gain: float = 0.0
+    # Straight-through softer weights for learning (1 = off). The actor loss's gradient reaches
+    # the encoder only through the weights w = softmax(-d / tau); with crisp weights (about 1.1
+    # prototypes per decision) that gradient is near zero except on the cells' boundaries, so
+    # the encoder hardly learns which cell a state belongs in. With c > 1 the policy acts with
+    # the crisp weights (tau) but the gradient is taken through the weights at temperature
+    # c x tau: w + w_soft - stop_gradient(w_soft). The auxiliary losses keep the crisp weights.
+    backward_temperature_scale: float = 1.0
     init_log_std: float = 0.0
     log_std_min: float = -5.0
     log_std_max: float = 2.0
@@ -409,6 +416,8 @@ DOMAINS: dict[tuple[str, str], tuple[str | None, _Domain]] = {
     ("proto", "guard_tolerance"): (None, NON_NEGATIVE),
     ("proto", "selection_proposals"): ("--selection-proposals", _int(1)),
     ("proto", "local_gain"): ("--local-gain", NON_NEGATIVE),
+    ("proto", "backward_temperature_scale"): ("--backward-temperature-scale",
+                                              _real(1.0, None)),
     ("proto", "init_log_std"): (None, _real()),
     ("proto", "log_std_min"): (None, _real()),
     ("proto", "log_std_max"): (None, _real()),

@@ -328,12 +328,25 @@ class ProtoActor:
 
     # -- the actor interface ------------------------------------------------------------
     def samples(self, params, obs, key):
-        return self._samples(self.forward(params, obs), obs.shape[0], key)
+        out = self.forward(params, obs)
+        return self._samples(self._learning_weights(params, out), obs.shape[0], key)
 
     def samples_with_aux(self, params, obs, key):
         """`samples` and `aux_loss` from one forward pass (the actor loss needs both)."""
         out = self.forward(params, obs)
-        return self._samples(out, obs.shape[0], key), self._aux(params, out)
+        return (self._samples(self._learning_weights(params, out), obs.shape[0], key),
+                self._aux(params, out))
+
+    def _learning_weights(self, params, out: ProtoOutputs) -> ProtoOutputs:
+        """`out` whose weights take their gradient at temperature c x tau
+        (cfg.backward_temperature_scale c > 1): the same values (the crisp weights), the
+        softer weights' derivatives (straight-through)."""
+        scale = self.cfg.backward_temperature_scale
+        if isinstance(scale, (int, float)) and scale == 1:
+            return out
+        soft = proto_weights(out.distances, self.cfg.similarity,
+                             self.temperature(params) * scale, self.cfg.log_eps)
+        return out.replace(weights=out.weights + soft - jax.lax.stop_gradient(soft))
 
     def _samples(self, out: ProtoOutputs, batch: int, key):
         if self.cfg.distribution == "blend":

@@ -197,6 +197,8 @@ def run_cli(*args, cwd=ROOT, script="train.py"):
     (["--noise-correlation", "1"], "--noise-correlation must be in [0, 1)"),
     (["--seed", "-3"], "--seed must be an integer in [0, 2^31)"),
     (["--local-gain", "-0.1"], "--local-gain must be a finite number >= 0"),
+    (["--backward-temperature-scale", "0.5"],
+     "--backward-temperature-scale must be a finite number >= 1 (got 0.5)"),
     (["--env", "hopper", "--n-step", "3", "--learning-starts", "256"],
      "--n-step 3 needs --learning-starts >= n-step x --num-envs (384)"),
     (["--local-gain", "0.25", "--distribution", "mixture"],

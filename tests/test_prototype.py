@@ -642,3 +642,39 @@ def test_select_prototype_states_can_choose_rollout_states_exactly():
                                   np.asarray(extra_obs[rows]))
     np.testing.assert_allclose(np.asarray(prototype.drift(actor, new, new["prototype_states"])),
                                0.0, atol=1e-6)
+
+
+
+def test_backward_temperature_scale_acts_crisp_and_learns_through_softer_weights():
+    """c > 1: the samples (actions, log-probs) are c = 1's to float rounding, the weights are
+    the crisp ones and their derivative is that of the weights at temperature c x tau
+    (straight-through), so the encoder's gradient differs from the crisp one's."""
+    obs = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
+    crisp = _states_actor(temperature=0.05)
+    st = _states_actor(temperature=0.05, backward_temperature_scale=4.0)
+    params = crisp.init(jax.random.PRNGKey(1), obs)
+    params = {**params, "prototype_states": jax.random.normal(jax.random.PRNGKey(2), (4, 3))}
+    params["params"] = {**params["params"], "proto_means": jax.random.normal(
+        jax.random.PRNGKey(3), params["params"]["proto_means"].shape)}
+    key = jax.random.PRNGKey(4)
+    for a, b in zip(crisp.samples(params, obs, key), st.samples(params, obs, key)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+    out = st.forward(params, obs)
+    learned = lambda d: st._learning_weights(params, out.replace(distances=d)).weights  # noqa
+    np.testing.assert_allclose(np.asarray(learned(out.distances)), np.asarray(out.weights),
+                               atol=1e-6)
+    soft = jax.jacobian(lambda d: prototype.proto_weights(d, "softmax", 0.2))(out.distances)
+    np.testing.assert_allclose(np.asarray(jax.jacobian(learned)(out.distances)),
+                               np.asarray(soft), atol=1e-5)
+
+    def encoder_grad(actor):
+        def loss(p):
+            actions, log_probs, _ = actor.samples(p, obs, key)
+            return jnp.mean(actions[..., 0] ** 2 + 0.1 * log_probs)
+        g = jax.grad(loss)(params)["params"]["encoder"]
+        return np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g)])
+
+    g_crisp, g_st = encoder_grad(crisp), encoder_grad(st)
+    assert np.all(np.isfinite(g_st))
+    assert np.linalg.norm(g_st - g_crisp) > 0.1 * np.linalg.norm(g_crisp)
