@@ -92,6 +92,14 @@ def test_the_tiny_flags_are_tiny_cfg():
                   "100", "--eval-every", "1000", "--seed", "3") == long
 
 
+def test_lunarlander_preset_has_64_prototypes_and_32_stays_a_flag_away():
+    for args in (("--env", "LunarLanderContinuous-v3"), ("--environment", "1")):
+        assert cfg_of(*args).proto.num_prototypes == 64
+        assert cfg_of(*args, "--num-prototypes", "32").proto.num_prototypes == 32
+    assert cfg_of("--env", "pendulum").proto.num_prototypes == 32
+    assert cfg_of("--env", "Hopper-v5").proto.num_prototypes == 32
+
+
 def test_local_gain_is_the_locomotion_and_pendulum_presets_and_0_for_a_mixture():
     assert cfg_of("--env", "hopper").proto.local_gain == 0.25
     assert cfg_of("--env", "hopper", "--distribution", "mixture").proto.local_gain == 0.0
