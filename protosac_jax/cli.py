@@ -73,7 +73,8 @@ def build_parser() -> OneLineParser:
     a("--seed", type=int)
     a("--baseline", type=parse_bool, nargs="?", const=True,
       help="plain SAC instead of ProtoSAC (True/False; bare flag = True)")
-    a("--num-prototypes", "--num_prototypes", type=int, help="K prototypes (default 32)")
+    a("--num-prototypes", "--num_prototypes", type=int,
+      help="K prototypes (default 32; LunarLander 64)")
     a("--latent-dim", type=int)
     a("--prototypes", choices=["states", "free"],
       help="states (default): each prototype is the encoding of a stored real state, re-chosen "

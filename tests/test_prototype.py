@@ -644,7 +644,6 @@ def test_select_prototype_states_can_choose_rollout_states_exactly():
                                0.0, atol=1e-6)
 
 
-
 def test_backward_temperature_scale_acts_crisp_and_learns_through_softer_weights():
     """c > 1: the samples (actions, log-probs) are c = 1's to float rounding, the weights are
     the crisp ones and their derivative is that of the weights at temperature c x tau
