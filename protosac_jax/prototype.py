@@ -328,11 +328,12 @@ class ProtoActor:
 
     # -- the actor interface ------------------------------------------------------------
     def samples(self, params, obs, key):
-        out = self.forward(params, obs)
-        return self._samples(self._learning_weights(params, out), obs.shape[0], key)
+        return self._samples(self.forward(params, obs), obs.shape[0], key)
 
     def samples_with_aux(self, params, obs, key):
-        """`samples` and `aux_loss` from one forward pass (the actor loss needs both)."""
+        """`samples` and `aux_loss` from one forward pass (the actor loss needs both); the
+        samples' weights take their gradient as `_learning_weights` says (only the actor loss
+        differentiates through them: `samples` feeds the critic's target)."""
         out = self.forward(params, obs)
         return (self._samples(self._learning_weights(params, out), obs.shape[0], key),
                 self._aux(params, out))

@@ -645,9 +645,9 @@ def test_select_prototype_states_can_choose_rollout_states_exactly():
 
 
 def test_backward_temperature_scale_acts_crisp_and_learns_through_softer_weights():
-    """c > 1: the samples (actions, log-probs) are c = 1's to float rounding, the weights are
-    the crisp ones and their derivative is that of the weights at temperature c x tau
-    (straight-through), so the encoder's gradient differs from the crisp one's."""
+    """c > 1: the actor loss's samples (actions, log-probs) are c = 1's to float rounding,
+    the weights are the crisp ones and their derivative is that of the weights at temperature
+    c x tau (straight-through), so the encoder's gradient differs from the crisp one's."""
     obs = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
     crisp = _states_actor(temperature=0.05)
     st = _states_actor(temperature=0.05, backward_temperature_scale=4.0)
@@ -656,7 +656,8 @@ def test_backward_temperature_scale_acts_crisp_and_learns_through_softer_weights
     params["params"] = {**params["params"], "proto_means": jax.random.normal(
         jax.random.PRNGKey(3), params["params"]["proto_means"].shape)}
     key = jax.random.PRNGKey(4)
-    for a, b in zip(crisp.samples(params, obs, key), st.samples(params, obs, key)):
+    for a, b in zip(crisp.samples_with_aux(params, obs, key)[0],
+                    st.samples_with_aux(params, obs, key)[0]):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
     out = st.forward(params, obs)
@@ -669,7 +670,7 @@ def test_backward_temperature_scale_acts_crisp_and_learns_through_softer_weights
 
     def encoder_grad(actor):
         def loss(p):
-            actions, log_probs, _ = actor.samples(p, obs, key)
+            actions, log_probs, _ = actor.samples_with_aux(p, obs, key)[0]
             return jnp.mean(actions[..., 0] ** 2 + 0.1 * log_probs)
         g = jax.grad(loss)(params)["params"]["encoder"]
         return np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g)])
