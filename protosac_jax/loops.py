@@ -733,6 +733,11 @@ class HostRunner:
         self.actions = None
         self.evaluations = 0
         self.eval_seconds = 0.0  # wall-clock spent in `evaluate` (benchmarks subtract it)
+        # `stop() -> bool`, asked after every vector step (the trainer's signal flag): a host
+        # chunk is a Python loop (minutes on LunarLander, CarRacing), so it ends at the step a
+        # signal arrives, unevaluated; `iterations_done` says how far the last chunk got
+        self.stop = None
+        self.iterations_done = 0
         # Frames for the reservoir are only needed to draw prototypes: not for --baseline.
         self._captures = (loop.spec.uses_reservoir and loop.is_proto
                           and loop.cfg.frame_every > 0)
@@ -753,7 +758,11 @@ class HostRunner:
         capture = self._captures
         totals = empty_totals_jit(loop, ts)
         env_steps, updates_start = int(ts.env_steps), int(ts.updates_start)
+        done = 0
         for i in range(num_iterations):
+            if done and self.stop is not None and self.stop():
+                break
+            done += 1
             env_steps += loop.cfg.num_envs  # as record_step counts: updates once past the start
             if capture and i % loop.cfg.frame_every == 0:
                 ts = add_frame_jit(ts, self.envs.frame())
@@ -763,8 +772,12 @@ class HostRunner:
             ts, totals, self.actions = host_iteration_jit(
                 loop, ts, totals, self.actions, obs, reward, terminated, truncated, final_obs,
                 render, env_steps > updates_start)
-        returns = self.evaluate(ts.learner, loop.cfg.eval_episodes, int(ts.env_steps))
-        return ts, summarize_jit(loop, ts, totals, num_iterations, jnp.asarray(returns))
+        self.iterations_done = done
+        if done < num_iterations:  # stopped: no evaluation (NaN, logged as null)
+            returns = np.full(loop.cfg.eval_episodes, np.nan, np.float32)
+        else:
+            returns = self.evaluate(ts.learner, loop.cfg.eval_episodes, int(ts.env_steps))
+        return ts, summarize_jit(loop, ts, totals, done, jnp.asarray(returns))
 
     def evaluate(self, learner: sac.SACState, num_episodes: int, env_steps: int) -> np.ndarray:
         """Deterministic returns of `num_episodes` episodes, one env each, stepped together.

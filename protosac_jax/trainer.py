@@ -7,8 +7,9 @@ Run directory (default `checkpoints/<env>-<algo>-<seed>-<timestamp>/`):
   ckpt/              Orbax checkpoints: latest/<step> (resumable), best/<step> (see checkpoint.py)
   prototypes.png     the prototype grid (ProtoSAC on envs we can draw)
 
-SIGINT/SIGTERM during training: the current chunk finishes, a resumable checkpoint is saved and
-`Interrupted` is raised; a second Ctrl-C aborts at once. A non-finite loss or parameter raises
+SIGINT/SIGTERM during training: the current chunk finishes (a Gymnasium host chunk at the vector
+step the signal arrives, unevaluated: its chunks last minutes), a resumable checkpoint is saved
+and `Interrupted` is raised; a second Ctrl-C aborts at once. A non-finite loss or parameter raises
 `TrainingDiverged` without saving, so the latest checkpoint stays the last good one.
 """
 
@@ -213,7 +214,8 @@ def _start_wandb(run_dir: Path, root: Path):
 
 
 class _SignalGuard:
-    """First SIGINT/SIGTERM sets a flag (checked between chunks); a second one aborts."""
+    """First SIGINT/SIGTERM sets a flag (checked between chunks, and by a host chunk after
+    every vector step); a second one aborts."""
 
     def __init__(self):
         self.received: int | None = None
@@ -224,7 +226,7 @@ class _SignalGuard:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
         self.received = signum
-        print(f"\n{signal.Signals(signum).name}: saving a resumable checkpoint after this chunk "
+        print(f"\n{signal.Signals(signum).name}: stopping to save a resumable checkpoint "
               "(again to abort at once)", file=sys.stderr, flush=True)
 
     def __enter__(self):
@@ -558,10 +560,14 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
 
     try:
         with _SignalGuard() as guard:
+            if hasattr(run_chunk, "stop"):  # a host chunk stops at the step a signal arrives
+                run_chunk.stop = lambda: guard.received is not None
             for index, iterations in enumerate(chunks):
                 t0 = time.perf_counter()
                 ts, raw = run_chunk(loop, ts, iterations)
                 raw = jax.device_get(raw)
+                stopped = getattr(run_chunk, "iterations_done", iterations) < iterations
+                iterations = getattr(run_chunk, "iterations_done", iterations)
                 elapsed = time.perf_counter() - t0
                 if first_chunk_s is None:
                     first_chunk_s = time.perf_counter() - t_start
@@ -595,7 +601,7 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
                             f"{where(m)}non-finite {bad} at env step {env_steps} (update "
                             f"{updates}); training stopped, {saved}")
                 unprojected = None
-                last_chunk = index == len(chunks) - 1
+                last_chunk = index == len(chunks) - 1 and not stopped
                 if last_chunk and loops.needs_final_projection(loop, pick(ts, 0)):
                     # End on real states: project once more (the re-fit keeps the policy) and
                     # evaluate the policy that is saved. The checkpoint keeps the state before
@@ -613,8 +619,11 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
                     m.logger.log(env_steps, metrics)
                 evals = [m["eval/return_mean"] for m in chunk_metrics]
                 bar.update(steps)
-                postfix = {"eval": f"{evals[0]:.1f}"} if not group else {
-                    "eval_mean": f"{np.mean(evals):.1f}", "eval_min": f"{np.min(evals):.1f}"}
+                if group:
+                    postfix = {"eval_mean": f"{np.mean(evals):.1f}",
+                               "eval_min": f"{np.min(evals):.1f}"}
+                else:  # None: a host chunk stopped by a signal, unevaluated
+                    postfix = {"eval": "-" if evals[0] is None else f"{evals[0]:.1f}"}
                 bar.set_postfix({
                     **postfix,
                     "sps": f"{chunk_metrics[0]['perf/env_steps_per_s']:.0f}",

@@ -204,6 +204,41 @@ def test_sigterm_during_evaluation_saves_and_resumes(tmp_path):
     assert checkpoint.committed_steps(run)[0] == 1200
 
 
+def test_sigterm_inside_a_host_chunk_stops_at_that_step_saves_and_resumes(tmp_path):
+    """A Gymnasium host chunk is a Python loop that can last minutes (LunarLander's 10k-step
+    chunks, CarRacing's): SIGTERM during its env step 450 of a 0-600 chunk stops the run at
+    450, unevaluated, with a resumable checkpoint there (a SLURM preemption's grace period is
+    ~30 s); the resumed run realigns to the evaluation grid (600, 900, ...)."""
+    patch = ("from protosac_jax import loops\n"
+             "import os, signal\n"
+             "_iteration = loops.host_iteration_jit\n"
+             "calls = [0]\n"
+             "def iteration(*args):\n"
+             "    calls[0] += 1\n"
+             "    if calls[0] == 450:\n"
+             "        os.kill(os.getpid(), signal.SIGTERM)\n"
+             "    return _iteration(*args)\n"
+             "loops.host_iteration_jit = iteration\n")
+    run = tmp_path / "run"
+    flags = [*FLAGS, "--backend", "gymnasium", "--eval-every", "600", "--save-every", "600"]
+    proc = _injected(patch, *flags, "--total-steps", "1200", "--out", str(run))
+    assert proc.returncode == 130, proc.stderr
+    error_lines(proc.stderr)
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "train.py: interrupted at env step 450; resumable checkpoint saved")
+    assert checkpoint.committed_steps(run) == [450]
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["env_steps"] for x in logged] == [450]
+    assert logged[0]["eval/return_mean"] is None  # stopped before its evaluation
+    assert logged[0]["charts/updates"] == 150  # 450 steps, updates from step 300 on
+    proc = train_cli("--resume", str(run), "--total-steps", "1200", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert checkpoint.committed_steps(run)[0] == 1200
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["env_steps"] for x in logged] == [450, 600, 1200]
+    assert all(x["eval/return_mean"] is not None for x in logged[1:])
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 @pytest.mark.parametrize("item", ["learner", "meta"])
 def test_damaged_checkpoint_resume_falls_back_load_and_viz_refuse(tmp_path, uninterrupted,
