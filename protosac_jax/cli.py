@@ -119,7 +119,7 @@ def build_parser() -> OneLineParser:
     a("--backward-temperature-scale", type=float,
       help="learn through softer weights: the policy acts with the weights at temperature tau, "
       "the actor loss's gradient reaches the encoder through those at this multiple of tau "
-      "(straight-through; default 1 = off)")
+      "(straight-through; default 4 for LunarLander, else 1 = off)")
     a("--recent-window", type=float,
       help="newest share of the buffer's rows --recent-share draws from (default 0.2)")
     a("--normalize-latent", type=parse_bool,

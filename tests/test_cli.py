@@ -92,12 +92,15 @@ def test_the_tiny_flags_are_tiny_cfg():
                   "100", "--eval-every", "1000", "--seed", "3") == long
 
 
-def test_lunarlander_preset_has_64_prototypes_and_32_stays_a_flag_away():
+def test_lunarlander_preset_has_64_prototypes_learning_at_4_tau_and_the_old_a_flag_away():
     for args in (("--env", "LunarLanderContinuous-v3"), ("--environment", "1")):
-        assert cfg_of(*args).proto.num_prototypes == 64
-        assert cfg_of(*args, "--num-prototypes", "32").proto.num_prototypes == 32
-    assert cfg_of("--env", "pendulum").proto.num_prototypes == 32
-    assert cfg_of("--env", "Hopper-v5").proto.num_prototypes == 32
+        proto = cfg_of(*args).proto
+        assert (proto.num_prototypes, proto.backward_temperature_scale) == (64, 4.0)
+        old = cfg_of(*args, "--num-prototypes", "32", "--backward-temperature-scale", "1").proto
+        assert (old.num_prototypes, old.backward_temperature_scale) == (32, 1.0)
+    for env in ("pendulum", "Hopper-v5", "hopper", "mountaincar"):
+        proto = cfg_of("--env", env).proto
+        assert (proto.num_prototypes, proto.backward_temperature_scale) == (32, 1.0)
 
 
 def test_local_gain_is_the_locomotion_and_pendulum_presets_and_0_for_a_mixture():
