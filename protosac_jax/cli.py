@@ -160,6 +160,9 @@ def build_parser() -> OneLineParser:
     a("--zero-init-heads", type=parse_bool, nargs="?", const=True,
       help="start the actor's action means at 0: the baseline's output layer, ProtoSAC's "
       "prototype means (default False)")
+    a("--crossq", type=parse_bool, nargs="?", const=True,
+      help="CrossQ critics: batch renormalisation, no target network, one joint pass over "
+      "current and next pairs, Adam b1 0.5 (default False)")
     a("--init-alpha", type=float, help="initial SAC temperature alpha (default 1)")
     a("--target-entropy", type=parse_optional_float,
       help="SAC's target policy entropy (default none = -|A|)")
@@ -266,7 +269,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("target_entropy", "target_entropy"), ("num_atoms", "num_atoms"),
                         ("v_min", "v_min"), ("v_max", "v_max"),
                         ("sample_once", "sample_once"),
-                        ("zero_init_heads", "zero_init_heads")]:
+                        ("zero_init_heads", "zero_init_heads"), ("crossq", "crossq")]:
         if getattr(args, flag) is not None:
             value = getattr(args, flag)
             sac[field] = None if value == "none" else value
@@ -283,6 +286,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         proto=dataclasses.replace(cfg.proto, **proto))
     config_lib.validate(cfg)
     env = envs.make_env_for(cfg)  # validates the env now (e.g. Discrete actions, missing extra)
+    config_lib.check_env_fit(cfg, env.spec.obs_shape)
     if args.episodes is not None:
         cfg = dataclasses.replace(cfg, total_steps=args.episodes * env.spec.episode_length)
     from protosac_jax.loops import device_rollouts

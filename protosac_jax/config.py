@@ -67,6 +67,13 @@ class SACConfig:
     # prototype's action mean m_k starts at 0 (by default U(-0.5, 0.5), so that the prototypes
     # disagree from the first step; their log-stds start at proto.init_log_std either way).
     zero_init_heads: bool = False
+    # CrossQ (Bhatt et al., ICLR 2024; SBX's CrossQ): batch renormalisation in the critics
+    # (on their input and after each hidden ReLU), no target network (the next state's value
+    # comes from the online critic, in the same training-mode pass as the current pairs, so
+    # both share its batch statistics), Adam with b1 = 0.5 for actor and critics. Not
+    # included: CrossQ's policy delay (3) and its wide critics (--hidden sets both actor's
+    # and critics' widths here); `tau` is unused. Vector observations only.
+    crossq: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,6 +391,7 @@ DOMAINS: dict[tuple[str, str], tuple[str | None, _Domain]] = {
     ("sac", "v_max"): ("--v-max", _real()),
     ("sac", "sample_once"): ("--sample-once", _bool()),
     ("sac", "zero_init_heads"): ("--zero-init-heads", _bool()),
+    ("sac", "crossq"): ("--crossq", _bool()),
     ("proto", "num_prototypes"): ("--num-prototypes", _int(1)),
     ("proto", "latent_dim"): ("--latent-dim", _int(1)),
     ("proto", "encoder_hidden"): (None, _widths(optional=True)),
@@ -434,6 +442,13 @@ def _field_name(section: str, field: str) -> str:
 def is_static_zero(value) -> bool:
     """A Python 0 (a traced, swept value is never static, whatever it holds)."""
     return isinstance(value, (int, float)) and value == 0
+
+
+def check_env_fit(cfg: TrainConfig, obs_shape) -> None:
+    """Settings the env's observations rule out (ConfigError)."""
+    if cfg.sac.crossq and len(obs_shape) != 1:
+        raise ConfigError(f"--crossq needs vector observations ({cfg.env}'s have shape "
+                          f"{tuple(obs_shape)}): its critics batch-normalise input features")
 
 
 def validate(cfg: TrainConfig) -> None:

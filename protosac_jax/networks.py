@@ -57,28 +57,89 @@ class NatureCNN(nn.Module):
         return x.reshape(lead + (-1,))
 
 
+class BatchRenorm(nn.Module):
+    """Batch renormalisation (Ioffe 2017), as CrossQ's critics use it (Bhatt et al. 2024).
+
+    Training (`train=True`): the features are normalised over every axis but the last. For the
+    first `warmup` training calls with the batch's own mean and std (batch norm); after that
+    with the batch's statistics corrected towards the running ones,
+    x_hat = (x - mu_B) / sigma_B * r + d with r = clip(sigma_B / sigma, 1/r_max, r_max) and
+    d = clip((mu_B - mu) / sigma, -d_max, d_max) held constant in the gradient, so the output
+    no longer depends on which batch a row came in. Each training call moves the running
+    mean and variance (collection "batch_stats") towards the batch's by 1 - momentum.
+    Evaluation (`train=False`) normalises with the running statistics and changes nothing.
+    A learned scale and bias follow, as in batch norm.
+    """
+
+    train: bool = False
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+    r_max: float = 3.0
+    d_max: float = 5.0
+    warmup: int = 100_000
+
+    @nn.compact
+    def __call__(self, x):
+        features = x.shape[-1]
+        mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(features, jnp.float32))
+        var = self.variable("batch_stats", "var", lambda: jnp.ones(features, jnp.float32))
+        steps = self.variable("batch_stats", "steps", lambda: jnp.zeros((), jnp.int32))
+        scale = self.param("scale", nn.initializers.ones, (features,))
+        bias = self.param("bias", nn.initializers.zeros, (features,))
+        if self.train and not self.is_initializing():
+            axes = tuple(range(x.ndim - 1))
+            batch_mean = jnp.mean(x, axis=axes)
+            batch_var = jnp.mean(jnp.square(x - batch_mean), axis=axes)
+            batch_std = jnp.sqrt(batch_var + self.epsilon)
+            running_std = jnp.sqrt(var.value + self.epsilon)
+            r = jax.lax.stop_gradient(
+                jnp.clip(batch_std / running_std, 1.0 / self.r_max, self.r_max))
+            d = jax.lax.stop_gradient(
+                jnp.clip((batch_mean - mean.value) / running_std, -self.d_max, self.d_max))
+            renorm = steps.value >= self.warmup
+            x_hat = (x - batch_mean) / batch_std * jnp.where(renorm, r, 1.0) + \
+                jnp.where(renorm, d, 0.0)
+            mean.value = self.momentum * mean.value + (1.0 - self.momentum) * \
+                jax.lax.stop_gradient(batch_mean)
+            var.value = self.momentum * var.value + (1.0 - self.momentum) * \
+                jax.lax.stop_gradient(batch_var)
+            steps.value = steps.value + 1
+        else:
+            x_hat = (x - mean.value) / jnp.sqrt(var.value + self.epsilon)
+        return x_hat * scale + bias
+
+
 class MLP(nn.Module):
     """ReLU MLP; the last layer is linear. Pixel inputs go through a NatureCNN first.
 
     `layer_norm`: LayerNorm between each hidden Dense and its ReLU (Ba et al. 2016), as the
     critics of BRO, SimBa and FastTD3 use it: it bounds the features, so a critic trained at a
     high update ratio or on large batches keeps its Q-values from diverging.
+    `batch_renorm`: CrossQ's critic (Bhatt et al. 2024): `BatchRenorm` on the input and after
+    each hidden ReLU, in training mode when `train` (statistics of this batch, running ones
+    updated), else with the running statistics.
     """
 
     hidden_sizes: Sequence[int]
     out_dim: int
     layer_norm: bool = False
     zero_out: bool = False  # the last Dense's kernel and bias start at 0
+    batch_renorm: bool = False
+    train: bool = False
 
     @nn.compact
     def __call__(self, x):
         if is_pixels(x):
             x = NatureCNN()(x)
+        if self.batch_renorm:
+            x = BatchRenorm(self.train)(x)
         for width in self.hidden_sizes:
             x = nn.Dense(width)(x)
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
             x = nn.relu(x)
+            if self.batch_renorm:
+                x = BatchRenorm(self.train)(x)
         if self.zero_out:
             return nn.Dense(self.out_dim, kernel_init=nn.initializers.zeros)(x)
         return nn.Dense(self.out_dim)(x)
@@ -106,6 +167,8 @@ class TwinCritic(nn.Module):
     layer_norm: bool = False
     # > 0: each critic outputs logits over this many return atoms ([num_critics, ..., atoms])
     num_atoms: int = 0
+    batch_renorm: bool = False  # CrossQ (SACConfig.crossq); see MLP
+    train: bool = False  # batch statistics (and their running averages updated) or running ones
 
     @nn.compact
     def __call__(self, obs, action):
@@ -118,13 +181,14 @@ class TwinCritic(nn.Module):
         x = jnp.concatenate([obs, action], axis=-1)
         ensemble = nn.vmap(
             MLP,
-            variable_axes={"params": 0},
+            variable_axes={"params": 0, "batch_stats": 0},
             split_rngs={"params": True},
             in_axes=None,
             out_axes=0,
             axis_size=self.num_critics,
         )
-        return self._head(ensemble(self.hidden_sizes, self.outputs, self.layer_norm)(x))
+        return self._head(ensemble(self.hidden_sizes, self.outputs, self.layer_norm,
+                                   batch_renorm=self.batch_renorm, train=self.train)(x))
 
     @property
     def outputs(self) -> int:

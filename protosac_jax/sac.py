@@ -79,9 +79,12 @@ class SACState:
     obs_norm: ObsNormalizer  # identity unless cfg.normalize_obs
 
 
-def make_critic(cfg: SACConfig) -> TwinCritic:
+def make_critic(cfg: SACConfig, train: bool = False) -> TwinCritic:
+    """The twin critic; with cfg.crossq its BatchRenorm layers use (and update) the batch's
+    statistics when `train`, the running ones otherwise (the actor's loss)."""
     return TwinCritic(hidden_sizes=tuple(cfg.hidden_sizes),
-                      layer_norm=cfg.layer_norm in ("critic", "all"), num_atoms=cfg.num_atoms)
+                      layer_norm=cfg.layer_norm in ("critic", "all"), num_atoms=cfg.num_atoms,
+                      batch_renorm=cfg.crossq, train=train)
 
 
 def support(cfg: SACConfig):
@@ -117,10 +120,11 @@ def project_categorical(atoms, probs, cfg: SACConfig):
     return out.reshape(lead + (n,))
 
 
-def trainable(actor_params):
-    """The actor variables the optimiser updates: flax's "params" collection. Other
-    collections (the prototype actor's stored prototype states) are constants of a step."""
-    return {"params": actor_params["params"]}
+def trainable(variables):
+    """The variables an optimiser updates: flax's "params" collection. Other collections
+    (the prototype actor's stored prototype states, a CrossQ critic's running batch
+    statistics) are not gradient-trained."""
+    return {"params": variables["params"]}
 
 
 def decayed(params):
@@ -131,10 +135,12 @@ def decayed(params):
 
 
 def _optimizers(cfg: SACConfig):
+    b1 = 0.5 if cfg.crossq else 0.9  # CrossQ's Adam momentum for actor and critic
     if is_static_zero(cfg.weight_decay):
-        return optax.adam(cfg.actor_lr), optax.adam(cfg.critic_lr), optax.adam(cfg.alpha_lr)
-    return (optax.adamw(cfg.actor_lr, weight_decay=cfg.weight_decay, mask=decayed),
-            optax.adamw(cfg.critic_lr, weight_decay=cfg.weight_decay, mask=decayed),
+        return (optax.adam(cfg.actor_lr, b1=b1), optax.adam(cfg.critic_lr, b1=b1),
+                optax.adam(cfg.alpha_lr))
+    return (optax.adamw(cfg.actor_lr, b1=b1, weight_decay=cfg.weight_decay, mask=decayed),
+            optax.adamw(cfg.critic_lr, b1=b1, weight_decay=cfg.weight_decay, mask=decayed),
             optax.adam(cfg.alpha_lr))
 
 
@@ -157,7 +163,7 @@ def init(key, actor, cfg: SACConfig, obs_example, action_dim: int) -> SACState:
         target_critic_params=critic_params,
         log_alpha=log_alpha,
         actor_opt_state=actor_opt.init(trainable(actor_params)),
-        critic_opt_state=critic_opt.init(critic_params),
+        critic_opt_state=critic_opt.init(trainable(critic_params)),
         alpha_opt_state=alpha_opt.init(log_alpha),
         num_updates=jnp.zeros((), jnp.int32),
         obs_norm=ObsNormalizer.create(jnp.shape(obs_example)),
@@ -171,23 +177,49 @@ def _broadcast_obs(obs, num_samples: int):
 
 def critic_loss(critic_params, state: SACState, batch: replay.Transition, key, actor,
                 cfg: SACConfig):
-    critic = make_critic(cfg)
+    """The critics' loss and metrics; with cfg.crossq also the critic variables with their
+    running batch statistics moved by this batch (otherwise `critic_params` unchanged)."""
     alpha = jnp.exp(state.log_alpha)
     next_actions, next_log_probs, next_weights = actor.samples(
         state.actor_params, batch.next_obs, key)
     next_obs = _broadcast_obs(batch.next_obs, next_actions.shape[1])
-    next_out = critic.apply(state.target_critic_params, next_obs, next_actions)
+    if cfg.crossq:
+        out, next_out, critic_params = _joint_forward(critic_params, batch, next_obs,
+                                                      next_actions, cfg)
+    else:
+        critic = make_critic(cfg)
+        next_out = critic.apply(state.target_critic_params, next_obs, next_actions)
+        out = critic.apply(critic_params, batch.obs, batch.action)  # [2, B] (or [2, B, atoms])
     discount = cfg.gamma if batch.discount is None else batch.discount  # n-step: gamma^m
     bootstrap = discount * (1.0 - batch.terminated)  # [B]
-    out = critic.apply(critic_params, batch.obs, batch.action)  # [2, B] (or [2, B, atoms])
     if cfg.num_atoms:
-        return _distributional_critic_loss(out, next_out, next_log_probs, next_weights,
-                                           batch.reward, bootstrap, alpha, cfg)
+        loss, metrics = _distributional_critic_loss(out, next_out, next_log_probs,
+                                                    next_weights, batch.reward, bootstrap,
+                                                    alpha, cfg)
+        return loss, (metrics, critic_params)
     next_q = jnp.min(next_out, axis=0)
     next_v = jnp.sum(next_weights * (next_q - alpha * next_log_probs), axis=-1)
     target = jax.lax.stop_gradient(batch.reward + bootstrap * next_v)
     loss = 0.5 * jnp.sum(jnp.mean((out - target[None]) ** 2, axis=-1))
-    return loss, {"losses/critic": loss, "losses/q_mean": jnp.mean(out)}
+    return loss, ({"losses/critic": loss, "losses/q_mean": jnp.mean(out)}, critic_params)
+
+
+def _joint_forward(critic_params, batch: replay.Transition, next_obs, next_actions,
+                   cfg: SACConfig):
+    """CrossQ (Bhatt et al. 2024): the current (s, a) and next (s', a' ~ pi) pairs through the
+    online critic in one training-mode pass, so its batch statistics are those of both
+    together (a target network is not used; the next pairs' values are held constant in the
+    loss by the caller's stop_gradient). Returns (out [2, B], next_out [2, B, S],
+    critic variables with the running statistics updated)."""
+    b, s = next_actions.shape[:2]
+    flat = lambda x: x.reshape((b * s,) + x.shape[2:])  # noqa: E731
+    obs = jnp.concatenate([batch.obs, flat(next_obs)], axis=0)
+    actions = jnp.concatenate([batch.action, flat(next_actions)], axis=0)
+    joint, updated = make_critic(cfg, train=True).apply(critic_params, obs, actions,
+                                                        mutable=["batch_stats"])
+    out, next_out = joint[:, :b], joint[:, b:]
+    next_out = next_out.reshape((next_out.shape[0], b, s) + next_out.shape[2:])
+    return out, next_out, {**critic_params, **updated}
 
 
 def _distributional_critic_loss(logits, next_logits, next_log_probs, next_weights, reward,
@@ -235,11 +267,16 @@ def update(state: SACState, batch: replay.Transition, key, actor, cfg: SACConfig
         batch = batch.replace(obs=prepare_obs(state, batch.obs, cfg),
                               next_obs=prepare_obs(state, batch.next_obs, cfg))
 
-    critic_grads, critic_metrics = jax.grad(critic_loss, has_aux=True)(
-        state.critic_params, state, batch, critic_key, actor, cfg)
-    critic_updates, critic_opt_state = critic_opt.update(critic_grads, state.critic_opt_state,
-                                                         state.critic_params)
-    critic_params = optax.apply_updates(state.critic_params, critic_updates)
+    def loss_of_trainable(params):
+        return critic_loss({**state.critic_params, **params}, state, batch, critic_key,
+                           actor, cfg)
+
+    critic_grads, (critic_metrics, critic_vars) = jax.grad(loss_of_trainable, has_aux=True)(
+        trainable(state.critic_params))
+    critic_updates, critic_opt_state = critic_opt.update(
+        critic_grads, state.critic_opt_state, trainable(state.critic_params))
+    critic_params = {**critic_vars,  # CrossQ: with the running statistics of this batch
+                     **optax.apply_updates(trainable(state.critic_params), critic_updates)}
 
     actor_grads, (log_prob, actor_metrics) = jax.grad(actor_loss, has_aux=True)(
         trainable(state.actor_params), critic_params, state.log_alpha, batch.obs, actor_key,
@@ -254,8 +291,11 @@ def update(state: SACState, batch: replay.Transition, key, actor, cfg: SACConfig
     alpha_updates, alpha_opt_state = alpha_opt.update(alpha_grad, state.alpha_opt_state)
     log_alpha = optax.apply_updates(state.log_alpha, alpha_updates)
 
-    target_critic_params = optax.incremental_update(
-        critic_params, state.target_critic_params, cfg.tau)
+    if cfg.crossq:  # no target network: the field keeps the critic (checkpoints stay alike)
+        target_critic_params = critic_params
+    else:
+        target_critic_params = optax.incremental_update(
+            critic_params, state.target_critic_params, cfg.tau)
     new_state = state.replace(
         actor_params=actor_params,
         critic_params=critic_params,

@@ -36,8 +36,9 @@ def leaves_equal(a, b):
 
 
 # the SAC case also runs a fractional update ratio: the update credit is saved and resumed;
-# "ingredients" trains with n-step returns (the buffer keeps episode ends), LayerNorm, AdamW and
-# every iteration's batches drawn in one call
+# "ingredients" trains with n-step returns (the buffer keeps episode ends), LayerNorm, AdamW,
+# every iteration's batches drawn in one call and CrossQ critics (their running batch
+# statistics resume too)
 @pytest.mark.parametrize("baseline,ups,ingredients", [(False, 1.0, False), (True, 0.333, False),
                                                       (False, 1.0, True)],
                          ids=["protosac", "sac", "protosac-ingredients"])
@@ -47,7 +48,7 @@ def test_resume_is_bitwise_identical_to_one_go(tmp_path, baseline, ups, ingredie
         if ingredients:
             out = dataclasses.replace(out, sac=dataclasses.replace(
                 out.sac, n_step=3, layer_norm="all", weight_decay=0.01, sample_once=True,
-                zero_init_heads=True), proto=dataclasses.replace(
+                zero_init_heads=True, crossq=True), proto=dataclasses.replace(
                 out.proto, rollout_share=0.5, local_gain=0.25,  # states from rollouts,
                 guard_episodes=2, selection_proposals=2))  # the final one guarded
         return out

@@ -74,6 +74,7 @@ def test_sac_ingredient_flags():
     assert cfg_of("--sample-once", "False").sac.sample_once is False
     assert cfg_of("--zero-init-heads").sac.zero_init_heads is True
     assert cfg_of("--zero-init-heads", "false").sac.zero_init_heads is False
+    assert cfg_of("--crossq").sac.crossq is True and cfg_of().sac.crossq is False
     assert (cfg.sac.n_step, cfg.sac.layer_norm, cfg.sac.weight_decay) == (3, "critic", 0.01)
     assert (cfg.sac.num_atoms, cfg.sac.v_min, cfg.sac.v_max) == (51, -10.0, 300.0)
     assert (cfg.sac.init_alpha, cfg.sac.target_entropy) == (0.1, -2.0)
@@ -196,6 +197,7 @@ def run_cli(*args, cwd=ROOT, script="train.py"):
     (["--env", "Hopper-v5", "--frame-stack", "0"], "--frame-stack"),
     (["--env", "pendulum", "--action-repeat", "2"], "Gymnasium envs only"),
     (["--env", "hopper", "--backend", "gymnasium"], "Gymnasium id"),
+    (["--env", "CarRacing-v3", "--crossq"], "--crossq needs vector observations"),
     (["--env", "nosuchbrax"], "humanoid"),  # unknown names list the valid ones, brax's too
     # impossible hyper-parameters (config.DOMAINS), refused before anything starts
     (["--gamma", "1.5"], "--gamma must be in (0, 1] (got 1.5)"),

@@ -360,7 +360,7 @@ def test_distributional_critic_learns_terminal_rewards():
 
     @jax.jit
     def step(params, opt_state, _):
-        grads, metrics = jax.grad(sac.critic_loss, has_aux=True)(
+        grads, (metrics, _) = jax.grad(sac.critic_loss, has_aux=True)(
             params, state, batch, jax.random.PRNGKey(2), actor, C51)
         updates, opt_state = opt.update(grads, opt_state)
         return (optax.apply_updates(params, updates), opt_state), metrics["losses/critic"]
@@ -412,3 +412,76 @@ def test_zero_init_heads_start_every_action_mean_at_zero_and_they_learn(name):
     new, _ = jax.jit(sac.update_many, static_argnums=(3, 4, 5, 6))(
         state, buf, jax.random.PRNGKey(0), 2, actor, cfg, 1)
     assert np.abs(np.asarray(actor.deterministic(new.actor_params, obs))).max() > 0.0
+
+
+def test_batch_renorm_uses_the_batch_then_corrects_it_towards_the_running_statistics():
+    """CrossQ's BatchRenorm: batch norm during its warm-up; after it, the batch's statistics
+    corrected by r = clip(sigma_B / sigma, 1/3, 3) and d = clip((mu_B - mu) / sigma, -5, 5)
+    (equal to the running normalisation where neither is clipped); running statistics move by
+    1 - momentum per training call; evaluation normalises with them and changes nothing."""
+    from protosac_jax.networks import BatchRenorm
+
+    x = (jax.random.normal(jax.random.PRNGKey(0), (64, 3)) * jnp.array([1.0, 2.0, 3.0])
+         + jnp.array([5.0, -1.0, 0.0]))
+    xs = np.asarray(x, np.float64)
+    mean, var = xs.mean(0), xs.var(0)
+    variables = BatchRenorm().init(jax.random.PRNGKey(1), x)
+    assert set(variables) == {"params", "batch_stats"}
+    layer = BatchRenorm(train=True, warmup=2)
+    y, updated = layer.apply(variables, x, mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(y), (xs - mean) / np.sqrt(var + 1e-3), atol=1e-4)
+    stats = updated["batch_stats"]
+    np.testing.assert_allclose(np.asarray(stats["mean"]), 0.01 * mean, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(stats["var"]), 0.99 + 0.01 * var, rtol=1e-4)
+    assert int(stats["steps"]) == 1
+
+    running = {"mean": jnp.array([4.5, -1.0, 0.0]), "var": jnp.array([1.0, 4.0, 100.0]),
+               "steps": jnp.array(2, jnp.int32)}  # warmed up; feature 2's r is clipped to 1/3
+    y, _ = layer.apply({**variables, "batch_stats": running}, x, mutable=["batch_stats"])
+    sigma_b, sigma = np.sqrt(var + 1e-3), np.sqrt(np.asarray(running["var"]) + 1e-3)
+    r = np.clip(sigma_b / sigma, 1 / 3, 3)
+    d = np.clip((mean - np.asarray(running["mean"])) / sigma, -5, 5)
+    assert r[2] == 1 / 3
+    np.testing.assert_allclose(np.asarray(y), (xs - mean) / sigma_b * r + d, atol=1e-4)
+    unclipped = (xs[:, :2] - np.asarray(running["mean"][:2])) / sigma[:2]
+    np.testing.assert_allclose(np.asarray(y[:, :2]), unclipped, atol=1e-4)
+
+    y = BatchRenorm(train=False).apply({**variables, "batch_stats": running}, x)
+    np.testing.assert_allclose(np.asarray(y), (xs - np.asarray(running["mean"])) / sigma,
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(ACTORS))
+def test_crossq_critic_has_no_target_network_and_learns_its_statistics_from_both_pairs(name):
+    """cfg.crossq: the critic's target comes from the online critic (the target network's
+    values change nothing), its running statistics move once per update over the current and
+    next pairs together, and they are not optimised."""
+    actor, cfg = ACTORS[name], dataclasses.replace(CFG, crossq=True)
+    state = sac.init(jax.random.PRNGKey(1), actor, cfg, jnp.zeros(3), 1)
+    assert "batch_stats" in state.critic_params
+    assert "batch_stats" not in str(jax.tree_util.tree_structure(state.critic_opt_state))
+    batch, key = _batch(), jax.random.PRNGKey(2)
+    loss = lambda s: float(sac.critic_loss(s.critic_params, s, batch, key, actor, cfg)[0])  # noqa: E731
+    garbage = jax.tree_util.tree_map(lambda x: x + 1, state.target_critic_params)
+    assert loss(state) == loss(state.replace(target_critic_params=garbage))
+
+    new, metrics = jax.jit(sac.update, static_argnums=(3, 4, 5))(state, batch, key, actor, cfg, 1)
+    for value in metrics.values():
+        assert np.isfinite(float(value))
+    stats = new.critic_params["batch_stats"]["VmapMLP_0"]
+    for layer in stats.values():  # [2]: one count per critic
+        np.testing.assert_array_equal(np.asarray(layer["steps"]), [1, 1])
+    samples = 8 if name == "mixture" else 1  # next pairs per state: one per prototype
+    joint_obs = np.concatenate([np.asarray(batch.obs),
+                                np.repeat(np.asarray(batch.next_obs), samples, axis=0)])
+    for critic in range(2):  # the input layer's first 3 features are the observation
+        np.testing.assert_allclose(np.asarray(stats["BatchRenorm_0"]["mean"][critic, :3]),
+                                   0.01 * joint_obs.mean(0), rtol=1e-4, atol=1e-7)
+    for (path, target), (_, online) in zip(_named_leaves(new.target_critic_params),
+                                           _named_leaves(new.critic_params), strict=True):
+        np.testing.assert_array_equal(target, online, err_msg=path)  # no separate target
+    # and it learns: the critic regresses towards its own bootstrapped targets
+    first = loss(new)
+    for i in range(30):
+        new, _ = jax.jit(sac.update, static_argnums=(3, 4, 5))(new, batch, key, actor, cfg, 1)
+    assert loss(new) < first
