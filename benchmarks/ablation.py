@@ -36,6 +36,7 @@ VARIANTS = {
         ("C51 (101 atoms)", ["--num-atoms", "101", "--v-min", "-1700", "--v-max", "100"]),
         ("sample once", ["--sample-once"]),
         ("zero-init heads", ["--zero-init-heads"]),
+        ("CrossQ critics", ["--crossq"]),
     ],
 }
 

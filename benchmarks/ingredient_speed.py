@@ -40,6 +40,7 @@ def main():
         "--n-step 3": dataclasses.replace(base, n_step=3),
         "--num-atoms 101": dataclasses.replace(base, num_atoms=101, v_min=-100.0, v_max=500.0),
         "--sample-once": dataclasses.replace(base, sample_once=True),
+        "--crossq": dataclasses.replace(base, crossq=True),
     }
     actor = (GaussianActor(ACT, (256, 256)) if args.baseline
              else ProtoActor(ACT, PrototypeConfig(local_gain=0.25), (256, 256)))

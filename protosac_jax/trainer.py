@@ -567,8 +567,8 @@ def _run_members(loop: loops.Loop, ts, members: list[_Member], progress: bool, q
                 t0 = time.perf_counter()
                 ts, raw = run_chunk(loop, ts, iterations)
                 raw = jax.device_get(raw)
-                stopped = getattr(run_chunk, "iterations_done", iterations) < iterations
-                iterations = getattr(run_chunk, "iterations_done", iterations)
+                done = getattr(run_chunk, "iterations_done", iterations)  # host: < if stopped
+                stopped, iterations = done < iterations, done
                 elapsed = time.perf_counter() - t0
                 if first_chunk_s is None:
                     first_chunk_s = time.perf_counter() - t_start

@@ -22,6 +22,7 @@ def test_every_variant_is_a_config_train_py_accepts(env):
                for name, f in ablation.VARIANTS[env]}
     assert by_name["n-step 3"].sac.n_step == 3 and by_name["preset"].sac.n_step == 1
     assert by_name["C51 (101 atoms)"].sac.num_atoms == 101
+    assert by_name["CrossQ critics"].sac.crossq and not by_name["preset"].sac.crossq
 
 
 def _row(variant, algo, finals, effective=(), wall=10.0):
