@@ -106,11 +106,24 @@ def test_lunarlander_preset_has_64_prototypes_learning_at_4_tau_and_the_old_a_fl
 
 def test_local_gain_is_the_locomotion_and_pendulum_presets_and_0_for_a_mixture():
     assert cfg_of("--env", "hopper").proto.local_gain == 0.25
+    assert cfg_of("--env", "Hopper-v5").proto.local_gain == 0.25
+    assert cfg_of("--environment", "3").proto.local_gain == 0.25  # HalfCheetah-v5
+    assert cfg_of("--env", "LunarLanderContinuous-v3").proto.local_gain == 0.0
     assert cfg_of("--env", "hopper", "--distribution", "mixture").proto.local_gain == 0.0
     assert cfg_of("--env", "hopper", "--local-gain", "0").proto.local_gain == 0.0
     assert cfg_of("--env", "pendulum").proto.local_gain == 0.25
     assert cfg_of("--env", "pendulum", "--local-gain", "0.1").proto.local_gain == 0.1
     assert cfg_of("--env", "mountaincar").proto.local_gain == 0.0
+
+
+def test_gymnasium_mujoco_preset_has_crossq_critics_and_the_old_one_is_two_flags_away():
+    for args in (("--env", "Hopper-v5"), ("--environment", "3"), ("--environment", "4")):
+        cfg = cfg_of(*args)
+        assert cfg.sac.crossq and cfg.proto.local_gain == 0.25, args
+        old = cfg_of(*args, "--crossq", "false", "--local-gain", "0")
+        assert not old.sac.crossq and old.proto.local_gain == 0.0
+    for env in ("LunarLanderContinuous-v3", "pendulum", "hopper", "CarRacing-v3"):
+        assert not cfg_of("--env", env).sac.crossq, env
 
 
 def test_rollout_share_is_pendulum_s_where_the_env_steps_on_the_device():
