@@ -286,7 +286,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         proto=dataclasses.replace(cfg.proto, **proto))
     config_lib.validate(cfg)
     env = envs.make_env_for(cfg)  # validates the env now (e.g. Discrete actions, missing extra)
-    config_lib.check_env_fit(cfg, env.spec.obs_shape)
+    cfg = config_lib.fit_env(cfg, env.spec.obs_shape, crossq_given=args.crossq is not None)
     if args.episodes is not None:
         cfg = dataclasses.replace(cfg, total_steps=args.episodes * env.spec.episode_length)
     from protosac_jax.loops import device_rollouts

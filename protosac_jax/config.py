@@ -444,11 +444,16 @@ def is_static_zero(value) -> bool:
     return isinstance(value, (int, float)) and value == 0
 
 
-def check_env_fit(cfg: TrainConfig, obs_shape) -> None:
-    """Settings the env's observations rule out (ConfigError)."""
+def fit_env(cfg: TrainConfig, obs_shape, crossq_given: bool = True) -> TrainConfig:
+    """`cfg` for an env with observations of `obs_shape`. CrossQ needs vector observations:
+    asked for (`crossq_given`) on pixels it is refused (ConfigError); where only a preset
+    turned it on (the Gymnasium fallback preset, e.g. on your own pixel env) it is dropped."""
     if cfg.sac.crossq and len(obs_shape) != 1:
-        raise ConfigError(f"--crossq needs vector observations ({cfg.env}'s have shape "
-                          f"{tuple(obs_shape)}): its critics batch-normalise input features")
+        if crossq_given:
+            raise ConfigError(f"--crossq needs vector observations ({cfg.env}'s have shape "
+                              f"{tuple(obs_shape)}): its critics batch-normalise input features")
+        return dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, crossq=False))
+    return cfg
 
 
 def validate(cfg: TrainConfig) -> None:

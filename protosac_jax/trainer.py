@@ -339,7 +339,7 @@ def _last_committed(members, target: Path, finished: bool = False) -> str:
 
 def make_loop(cfg: TrainConfig, env=None) -> loops.Loop:
     env = env if env is not None else envs.make_env_for(cfg)
-    config_lib.check_env_fit(cfg, env.spec.obs_shape)
+    config_lib.fit_env(cfg, env.spec.obs_shape)  # raises on what cannot work
     return loops.Loop(env=env, actor=loops.make_actor(cfg, env.spec.action_dim), cfg=cfg)
 
 

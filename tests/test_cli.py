@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from protosac_jax.cli import build_parser, config_from_args
+from protosac_jax import config
 from protosac_jax.config import ConfigError
 
 from tiny import BUFFER, FLAGS as TINY, tiny_cfg
@@ -124,6 +125,13 @@ def test_gymnasium_mujoco_preset_has_crossq_critics_and_the_old_one_is_two_flags
         assert not old.sac.crossq and old.proto.local_gain == 0.0
     for env in ("LunarLanderContinuous-v3", "pendulum", "hopper", "CarRacing-v3"):
         assert not cfg_of("--env", env).sac.crossq, env
+    # the fallback preset (your own Gymnasium env too) drops CrossQ on pixels; --crossq fails
+    pixels = (84, 84, 3)
+    preset = config.preset("Walker2d-v5")
+    assert preset.sac.crossq and not config.fit_env(preset, pixels, False).sac.crossq
+    assert config.fit_env(preset, (17,), False) == preset
+    with pytest.raises(ConfigError, match="--crossq needs vector observations"):
+        config.fit_env(preset, pixels, crossq_given=True)
 
 
 def test_rollout_share_is_pendulum_s_where_the_env_steps_on_the_device():
