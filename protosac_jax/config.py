@@ -616,7 +616,7 @@ def _gymnasium_preset(env: str) -> TrainConfig:
     # SB3/rl-zoo SAC defaults (256x256, lr 3e-4, batch 256, 10k random warm-up steps).
     # Since 2026-12-07 with CrossQ critics (both actors) and ProtoSAC's local feedback 0.25
     # (as the MJX locomotion preset): Hopper-v5 at 100k env steps, seeds 0-2, went from
-    # 618 to 1788+ (ProtoSAC) and from 719 to 2388+ (SAC) at the median (RESULTS.md
+    # 618 to 1788 (ProtoSAC) and from 719 to 3075 (SAC) at the median (RESULTS.md
     # "Gymnasium Hopper-v5 at 100k env steps"); HalfCheetah-v5 was not measured with it.
     # --crossq false --local-gain 0 restore the old preset.
     return TrainConfig(
