@@ -15,7 +15,7 @@ import pytest
 from protosac_jax import config as config_lib
 from protosac_jax import groups, loops, trainer
 from protosac_jax.config import ConfigError
-from tiny import xla_flags
+from tiny import FLAGS as TINY, tiny_cfg, xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,11 +47,11 @@ def test_members_are_lone_runs_and_swept_values_reach_them():
     # off here: with them the member and the lone run differed by 3.3e-5 after 5 updates,
     # beyond this comparison's 1e-5 (2026-12-06; the rollouts' 200 chaotic pendulum steps
     # can grow a float reassociation of the vmapped step)
-    cfg = dataclasses.replace(config_lib.preset("pendulum"), total_steps=1000,
-                              learning_starts=300, eval_every=1000, eval_episodes=2,
-                              updates_per_step=1.0)
-    cfg = dataclasses.replace(cfg, proto=dataclasses.replace(cfg.proto, rollout_share=0.0))
-    assert cfg.proto.local_gain > 0
+    # (the suite's tiny shapes, with the preset's local feedback back on)
+    cfg = tiny_cfg(total_steps=1000, learning_starts=300, eval_every=1000)
+    cfg = dataclasses.replace(cfg, proto=dataclasses.replace(
+        cfg.proto, local_gain=config_lib.preset("pendulum").proto.local_gain))
+    assert cfg.proto.local_gain > 0 and cfg.proto.rollout_share == 0
     sweep = {"actor_lr": (1e-3, 3e-2)}
     named = groups.member_configs(dataclasses.replace(cfg, seed=3), 1, sweep)
     named += groups.member_configs(dataclasses.replace(cfg, seed=4), 1, sweep)[1:]
@@ -108,10 +108,11 @@ def test_num_seeds_cli_writes_loadable_resumable_member_runs(tmp_path):
     import protosac_jax
 
     out = tmp_path / "group"
-    common = ["--total-steps", "1200", "--learning-starts", "200", "--eval-every", "600",
-              "--eval-episodes", "2", "--no-progress"]
-    proc = run_cli("--env", "pendulum", "--num-seeds", "2", "--seed", "5", "--out", str(out),
-                   *common, devices=2)
+    # the suite's tiny shapes (tests/tiny.py): what is checked here is the group's files,
+    # resumes and topology, not the preset's sizes
+    common = [*TINY, "--total-steps", "1200", "--learning-starts", "200", "--eval-every", "600",
+              "--no-progress"]
+    proc = run_cli("--num-seeds", "2", "--seed", "5", "--out", str(out), *common, devices=2)
     assert proc.returncode == 0, proc.stderr
     assert "2 runs: final eval return mean" in proc.stdout
     summary = json.loads((out / "seeds.json").read_text())
@@ -153,9 +154,9 @@ def test_num_seeds_cli_writes_loadable_resumable_member_runs(tmp_path):
 
 def test_sweep_cli_writes_one_run_per_value_and_a_table(tmp_path):
     out = tmp_path / "sweep"
-    proc = run_cli("--env", "pendulum", "--sweep", "actor_lr=1e-3,3e-3", "--out", str(out),
+    proc = run_cli(*TINY, "--sweep", "actor_lr=1e-3,3e-3", "--out", str(out),
                    "--total-steps", "600", "--learning-starts", "200", "--eval-every", "600",
-                   "--eval-episodes", "2", "--no-progress")
+                   "--no-progress")
     assert proc.returncode == 0, proc.stderr
     table = json.loads((out / "sweep.json").read_text())
     assert [row["values"] for row in table["rows"]] == [{"actor_lr": 1e-3}, {"actor_lr": 3e-3}]

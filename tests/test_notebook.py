@@ -1,22 +1,18 @@
 """notebooks/colab.ipynb runs end to end on a tiny checkpoint (so it never rots)."""
 
-import dataclasses
-import os
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
 import protosac_jax
-from protosac_jax import config as config_lib
+from tiny import tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_colab_notebook_executes(tmp_path, monkeypatch):
-    cfg = dataclasses.replace(config_lib.preset("pendulum"), total_steps=1500,
-                              learning_starts=500, eval_every=500, eval_episodes=2,
-                              log_tensorboard=False)
+    cfg = tiny_cfg(total_steps=1500, learning_starts=500, eval_every=500)  # small shapes
     run = protosac_jax.train(cfg, out=tmp_path / "run", progress=False, quiet=True).run_dir
     monkeypatch.setenv("PROTOSAC_CKPT", str(run))
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tiny import SHAPES
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,7 +28,8 @@ def _cli(script, *args, pythonpath):
 
 
 def _cli_code(code, *args, pythonpath):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": f"{ROOT}:{pythonpath}"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}:{pythonpath}"}
     return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -48,7 +51,7 @@ def _draws_explains_resumes(run, site, episodes, resume_to):
 def test_own_gymnasium_env_trains_draws_resumes(tmp_path):
     site, run = _site(tmp_path), tmp_path / "run"
     # the flags of the Gymnasium factory's run below: one compiled program for both
-    proc = _cli("train.py", "--env", "my_pkg.envs:Point-v0", "--total-steps", "600",
+    proc = _cli("train.py", "--env", "my_pkg.envs:Point-v0", *SHAPES, "--total-steps", "600",
                 "--learning-starts", "300", "--eval-every", "300", "--eval-episodes", "2",
                 "--num-envs", "1", "--buffer-size", "600", "--out", str(run), "--no-progress",
                 pythonpath=site)
@@ -83,8 +86,8 @@ def test_own_env_object_trains_draws_resumes(tmp_path, name, backend, steps):
     factory; tiles drawn by the env's own render(), viz.py and --resume import it again."""
     site, run = _site(tmp_path), tmp_path / "run"
     ref = f"my_pkg.objects:{name}"
-    proc = _cli("train.py", "--env", ref, "--total-steps", "600", "--learning-starts", "300",
-                "--eval-every", "300", "--eval-episodes", "1", "--num-envs",
+    proc = _cli("train.py", "--env", ref, *SHAPES, "--total-steps", "600", "--learning-starts",
+                "300", "--eval-every", "300", "--eval-episodes", "1", "--num-envs",
                 "1" if backend == "gymnasium" else "2", "--buffer-size", "600", "--out", str(run),
                 "--no-progress", "--no-tensorboard", pythonpath=site)
     assert proc.returncode == 0, proc.stderr
@@ -98,8 +101,8 @@ OBJECT_API_SCRIPT = """
 import dataclasses, sys
 import protosac_jax
 from my_pkg.objects import PointLine
-cfg = dataclasses.replace(protosac_jax.preset("pendulum"), total_steps=400, learning_starts=200,
-                          eval_every=200, eval_episodes=1, log_tensorboard=False)
+from tiny import tiny_cfg  # the suite's small shapes
+cfg = tiny_cfg(total_steps=400, learning_starts=200, eval_every=200, eval_episodes=1)
 result = protosac_jax.train(cfg, env=PointLine, out=sys.argv[1], progress=False, quiet=True)
 print(protosac_jax.load(sys.argv[1]).config.env, result.history[-1]["env_steps"])
 try:

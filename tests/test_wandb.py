@@ -13,6 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("wandb")
 
+from tiny import FLAGS as TINY  # noqa: E402
+
 
 def read_wandb(path: Path) -> tuple[list[dict], dict]:
     """(history rows, config) of a .wandb file: W&B's LevelDB-style log (a 7-byte header,
@@ -62,8 +64,8 @@ def _train(*args, tmp_path):
 
 def test_wandb_offline_logs_what_metrics_jsonl_logs(tmp_path):
     run = tmp_path / "run"
-    proc = _train("--env", "pendulum", "--total-steps", "1000", "--learning-starts", "400",
-                  "--eval-every", "500", "--eval-episodes", "2", "--out", str(run), "--wandb",
+    proc = _train(*TINY, "--total-steps", "1000", "--learning-starts", "400",
+                  "--eval-every", "500", "--out", str(run), "--wandb",
                   "--no-progress", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     proc = _train("--resume", str(run), "--total-steps", "1500", "--wandb", "--no-progress",
