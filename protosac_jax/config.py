@@ -616,14 +616,18 @@ def _gymnasium_preset(env: str) -> TrainConfig:
     # SB3/rl-zoo SAC defaults (256x256, lr 3e-4, batch 256, 10k random warm-up steps).
     # Since 2026-12-07 with CrossQ critics (both actors) and ProtoSAC's local feedback 0.25
     # (as the MJX locomotion preset): Hopper-v5 at 100k env steps, seeds 0-2, went from
-    # 618 to 1788 (ProtoSAC) and from 719 to 3075 (SAC) at the median (RESULTS.md
-    # "Gymnasium Hopper-v5 at 100k env steps"); HalfCheetah-v5 was not measured with it.
-    # --crossq false --local-gain 0 restore the old preset.
+    # 618 to 1788 (ProtoSAC) and from 719 to 3075 (SAC) at the median. Since 2026-12-07
+    # (later) ProtoSAC has LunarLander's 64 prototypes learning through 4 x tau: one seed
+    # in three had stayed near 390 all run; with them it ended at 2895 (RESULTS.md
+    # "Gymnasium Hopper-v5 at 100k env steps").
+    # --crossq false --local-gain 0 --num-prototypes 32 --backward-temperature-scale 1
+    # restore the old preset.
     return TrainConfig(
         env=env, total_steps=1_000_000, learning_starts=10_000, buffer_size=1_000_000,
         eval_every=10_000, eval_episodes=10, save_every=100_000,
         sac=SACConfig(crossq=True),
-        proto=PrototypeConfig(projection_every=10_000, local_gain=0.25))
+        proto=PrototypeConfig(num_prototypes=64, projection_every=10_000, local_gain=0.25,
+                              backward_temperature_scale=4.0))
 
 
 # Fields that may differ when resuming a run (nothing else may: it would change the model or
