@@ -98,7 +98,7 @@ def test_own_env_object_trains_draws_resumes(tmp_path, name, backend, steps):
 
 
 OBJECT_API_SCRIPT = """
-import dataclasses, sys
+import sys
 import protosac_jax
 from my_pkg.objects import PointLine
 from tiny import tiny_cfg  # the suite's small shapes

@@ -33,7 +33,7 @@ BUFFER = 600  # rows: every tiny run is at least this long
 # guarded re-selection are pinned off: the suite's many tiny runs keep one cheap program;
 # tests of their own cover them.
 # The networks' and prototypes' sizes alone, for tests of other envs where size is not the
-# point (own envs, Gymnasium indices): small programs compile and run in a fraction of the time.
+# point (own envs, groups): small programs compile and run in a fraction of the time.
 SHAPES = ("--hidden", "32,32", "--batch-size", "64", "--num-prototypes", "8", "--latent-dim", "8")
 FLAGS = ("--env", "pendulum", *SHAPES, "--projection-every", "200", "--buffer-size", str(BUFFER),
          "--eval-episodes", "2", "--updates-per-step", "1", "--local-gain", "0",
