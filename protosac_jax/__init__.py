@@ -24,19 +24,32 @@ def train(cfg: TrainConfig | None = None, out=None, progress: bool = True, quiet
     class/factory, a gymnax-style or a brax-style env; see protosac_jax.envs.objects). The run
     records it as `MODULE:NAME`, so resume, load and viz.py rebuild it. Without `cfg` the
     env's preset is used."""
-    import dataclasses
-
     from protosac_jax.trainer import train as _train
 
-    if env is not None:
-        from protosac_jax import envs
-        from protosac_jax.envs import objects
+    cfg, built = _config_for(cfg, env)
+    return _train(cfg, out=out, progress=progress, quiet=quiet, env=built)
 
-        name = envs.resolve_name(objects.reference_of(env))
-        cfg = preset(name) if cfg is None else dataclasses.replace(cfg, env=name)
-    if cfg is None:
-        raise ConfigError("train() needs a TrainConfig or an env")
-    return _train(cfg, out=out, progress=progress, quiet=quiet)
+
+def _config_for(cfg: TrainConfig | None, env):
+    """train()'s config and, where it had to build the env to choose it, that env: the env's
+    preset when `cfg` is None, fitted to its observations as train.py fits it (a preset's
+    CrossQ is dropped on pixels; one asked for in `cfg` is refused later)."""
+    import dataclasses
+
+    if env is None:
+        if cfg is None:
+            raise ConfigError("train() needs a TrainConfig or an env")
+        return cfg, None
+    from protosac_jax import envs
+    from protosac_jax.config import fit_env
+    from protosac_jax.envs import objects
+
+    name = envs.resolve_name(objects.reference_of(env))
+    if cfg is not None:
+        return dataclasses.replace(cfg, env=name), None
+    cfg = preset(name)
+    built = envs.make_env_for(cfg)
+    return fit_env(cfg, built.spec.obs_shape, crossq_given=False), built
 
 
 def load(path, step=None, best: bool = False):

@@ -344,13 +344,14 @@ def make_loop(cfg: TrainConfig, env=None) -> loops.Loop:
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike | None = None, progress: bool = True,
-          quiet: bool = False) -> RunResult:
-    """Train a new run; returns its directory, final deterministic eval return and history."""
+          quiet: bool = False, env=None) -> RunResult:
+    """Train a new run; returns its directory, final deterministic eval return and history.
+    `env`: cfg.env already built (by the caller that needed its spec), else built here."""
     config_lib.validate(cfg)
     from protosac_jax import parallel
 
     parallel.check_divisible(cfg)
-    env = envs.make_env_for(cfg)
+    env = env if env is not None else envs.make_env_for(cfg)
     parallel.check_multiprocess(env)
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     if jax.process_count() > 1 and out is None:

@@ -7,6 +7,7 @@ it again from the env name saved in config.json. Env objects (`--env my_pkg.obje
 no longer than its first part, so its `--resume` is the same compiled program (a cache hit).
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -119,6 +120,25 @@ def test_train_accepts_an_env_object_from_python(tmp_path):
     assert lines[0] == "my_pkg.objects:PointLine 400"
     assert lines[1].startswith("refused:") and "importable module" in lines[1]
     assert not (tmp_path / "run_x").exists()
+
+
+def test_train_fits_the_preset_to_an_own_pixel_env(tmp_path, monkeypatch):
+    """`train(env=...)` without a cfg takes the env's preset as train.py does: the Gymnasium
+    fallback preset's CrossQ is dropped for pixel observations; asked for in a cfg, refused."""
+    import protosac_jax
+    from protosac_jax import ConfigError, preset
+
+    monkeypatch.syspath_prepend(str(_site(tmp_path)))
+    from my_pkg.objects import make_pixel_gym
+
+    cfg, env = protosac_jax._config_for(None, make_pixel_gym)
+    assert cfg.env == "my_pkg.objects:make_pixel_gym" and env.spec.obs_shape == (16, 16, 3)
+    assert preset(cfg.env).sac.crossq and not cfg.sac.crossq
+    assert cfg == dataclasses.replace(preset(cfg.env), sac=dataclasses.replace(
+        preset(cfg.env).sac, crossq=False))  # nothing else changed
+    with pytest.raises(ConfigError, match="--crossq needs vector observations"):
+        protosac_jax.train(preset(cfg.env), env=make_pixel_gym, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_own_env_object_bad_references_are_one_line(tmp_path):

@@ -1,7 +1,8 @@
 """Tiny custom envs as Python objects for tests/test_own_env.py (envs/objects.py).
 
 `PointLine` (gymnax-style) and `BraxPoint` (brax-style): move a point on a line towards 0;
-`make_point_gym` a Gymnasium factory. Each draws itself with its own `render`.
+`make_point_gym` a Gymnasium factory, `make_pixel_gym` one that is observed as its picture.
+Each draws itself with its own `render`.
 """
 import dataclasses
 
@@ -104,3 +105,9 @@ def make_point_gym(render_mode=None):
     from tiny_point_env import PointEnv  # tests/data is on sys.path (see test_own_env.py)
 
     return PointEnv(render_mode=render_mode)
+
+
+def make_pixel_gym(render_mode=None):
+    from tiny_point_env import PixelPointEnv
+
+    return PixelPointEnv(render_mode=render_mode)

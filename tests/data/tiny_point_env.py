@@ -29,4 +29,20 @@ class PointEnv(gym.Env):
         return img
 
 
+class PixelPointEnv(PointEnv):
+    """The same point, observed as its 16x16 picture (uint8 pixels)."""
+
+    def __init__(self, render_mode=None):
+        super().__init__(render_mode)
+        self.observation_space = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.render()[::2, ::2], {}
+
+    def step(self, action):
+        _, reward, terminated, truncated, info = super().step(action)
+        return self.render()[::2, ::2], reward, terminated, truncated, info
+
+
 gym.register("Point-v0", entry_point=PointEnv, max_episode_steps=50)
