@@ -129,10 +129,10 @@ def test_train_fits_the_preset_to_an_own_pixel_env(tmp_path, monkeypatch):
     from protosac_jax import ConfigError, preset
 
     monkeypatch.syspath_prepend(str(_site(tmp_path)))
+    for name in ("my_pkg", "my_pkg.objects"):  # imported below from this tmp_path: the
+        monkeypatch.setitem(sys.modules, name, None)  # worker forgets them afterwards
+        del sys.modules[name]
     from my_pkg.objects import make_pixel_gym
-
-    for name in ("my_pkg", "my_pkg.objects"):  # imported from this tmp_path: forgotten after
-        monkeypatch.setitem(sys.modules, name, sys.modules[name])
 
     cfg, env = protosac_jax._config_for(None, make_pixel_gym)
     assert cfg.env == "my_pkg.objects:make_pixel_gym" and env.spec.obs_shape == (16, 16, 3)
