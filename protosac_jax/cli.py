@@ -129,6 +129,10 @@ def build_parser() -> OneLineParser:
       help="deterministic action: auto (default: the blend's mean; a mixture's top component), "
       "top1 (the deciding prototype's own action), mean (the weighted mean)")
     a("--projection-every", type=int, help="updates between projections (0 = off)")
+    a("--projection-phase", type=float,
+      help="where in each cycle projections fall, as a share of --projection-every in [0, 1): "
+      "at updates u with (u + phase x every) a multiple of every (Gymnasium MuJoCo preset "
+      "0.5: half a cycle before each evaluation; others 0)")
     a("--weight-entropy-coef", type=float,
       help="penalty on per-state weight entropy (crisper assignments; default 0.001)")
     a("--usage-entropy-coef", type=float,
@@ -249,7 +253,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                         ("local_gain", "local_gain"),
                         ("backward_temperature_scale", "backward_temperature_scale"),
                         ("normalize_latent", "normalize_latent"),
-                        ("projection_every", "projection_every"), ("proto_init", "init"),
+                        ("projection_every", "projection_every"),
+                        ("projection_phase", "projection_phase"), ("proto_init", "init"),
                         ("weight_entropy_coef", "weight_entropy_coef"),
                         ("usage_entropy_coef", "usage_entropy_coef")]:
         if getattr(args, flag) is not None:

@@ -129,6 +129,14 @@ class PrototypeConfig:
     # prototypes stay on the data manifold and projection barely moves them.
     proximity_coef: float = 0.0  # off by default: 0.1 did not reduce churn (RESULTS.md)
     projection_every: int = 5000  # gradient updates between projections; 0 = off
+    # Where in each cycle the projections fall, as a share of `projection_every`: they happen
+    # when (updates + phase x projection_every) crosses a multiple of projection_every. 0 =
+    # at multiples of it. With 0.5 the Gymnasium MuJoCo preset (warm-up 10k, projection every
+    # 10k updates, eval every 10k env steps) re-chooses its states half a cycle before each
+    # evaluation and before the end, not at the update right before them: one re-selection
+    # had cost 5-11.5 % on HalfCheetah-v5 and 49 % on Hopper-v5 until training repaired it
+    # (benchmarks/RESULTS.md, "Re-selection timing").
+    projection_phase: float = 0.0
     projection_chunk: int = 4096  # buffer rows encoded per block during projection
     # After each projection, re-fit the prototypes' Gaussians (closed-form ridge) on this many
     # replay states so the policy survives the projection (prototype.refit_heads); 0 = off.
@@ -410,6 +418,7 @@ DOMAINS: dict[tuple[str, str], tuple[str | None, _Domain]] = {
     ("proto", "usage_entropy_coef"): ("--usage-entropy-coef", NON_NEGATIVE),
     ("proto", "proximity_coef"): (None, NON_NEGATIVE),
     ("proto", "projection_every"): ("--projection-every", _int(0)),
+    ("proto", "projection_phase"): ("--projection-phase", _real(0.0, 1.0, high_open=True)),
     ("proto", "projection_chunk"): (None, _int(1)),
     ("proto", "refit_samples"): (None, _int(0)),
     ("proto", "refit_ridge"): (None, NON_NEGATIVE),

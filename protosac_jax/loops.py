@@ -341,13 +341,23 @@ def sync_prototype_states(loop: Loop, learner: sac.SACState, provenance: Provena
 
 
 def maybe_project(loop: Loop, ts: TrainState, updates_before) -> TrainState:
-    """Project the prototypes when the update count crossed a multiple of projection_every."""
+    """Project the prototypes when the update count, shifted by projection_phase x
+    projection_every, crossed a multiple of projection_every."""
     every = loop.cfg.proto.projection_every
     if not loop.is_proto or every <= 0:
         return ts
-    crossed = (ts.learner.num_updates // every) > (updates_before // every)
+    crossed = projection_due(loop.cfg.proto, updates_before, ts.learner.num_updates)
     crossed = jnp.logical_and(crossed, _candidates(loop, ts)[2] > 0)
     return jax.lax.cond(crossed, functools.partial(project, loop), lambda ts: ts, ts)
+
+
+def projection_due(proto: config_lib.PrototypeConfig, updates_before, updates_after):
+    """True where the updates (updates_before, updates_after] hold a scheduled projection:
+    an update u with (u + projection_phase x projection_every) a multiple of
+    projection_every. Works on Python ints and traced arrays."""
+    every = proto.projection_every
+    shift = int(round(proto.projection_phase * every)) % every
+    return (updates_after + shift) // every > (updates_before + shift) // every
 
 
 def needs_final_projection(loop: Loop, ts: TrainState) -> bool:

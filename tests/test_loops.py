@@ -3,6 +3,7 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -240,3 +241,17 @@ def test_a_guarded_run_logs_its_last_selection():
     last = int(metrics["proto/last_selection"])
     assert last >= 0 and last % 50 == 0 and last <= int(ts.learner.num_updates)
     assert int(np.max(np.asarray(ts.provenance.update_step))) == last
+
+
+@pytest.mark.parametrize("phase, want", [(0.0, [100, 200, 300]), (0.5, [50, 150, 250]),
+                                         (0.25, [75, 175, 275])])
+def test_projections_fall_at_their_phase_of_the_cycle(phase, want):
+    """--projection-phase moves the scheduled projections within each cycle (the Gymnasium
+    MuJoCo preset's 0.5 keeps them off the updates right before its evaluations)."""
+    proto = dataclasses.replace(config_lib.PrototypeConfig(), projection_every=100,
+                                projection_phase=phase)
+    due = [u for u in range(1, 301) if loops.projection_due(proto, u - 1, u)]
+    assert due == want
+    # a chunk of many updates at once: due exactly when one of them is scheduled
+    assert bool(loops.projection_due(proto, jnp.int32(want[0] - 1), jnp.int32(want[0] + 20)))
+    assert not bool(loops.projection_due(proto, jnp.int32(want[0]), jnp.int32(want[1] - 1)))
