@@ -681,16 +681,20 @@ def host_act(loop: Loop, ts: TrainState):
     return ts.replace(rng=rng, noise=noise), actions
 
 
-def host_iteration(loop: Loop, ts: TrainState, totals, actions, obs, reward, terminated,
-                   truncated, final_obs, render, updating: bool):
-    """Record one host vector step, run the due updates (and projection), pick next actions.
+def host_record(loop: Loop, ts: TrainState, actions, obs, reward, terminated, truncated,
+                final_obs, render):
+    """Record one host vector step (the transitions into the buffer)."""
+    result = StepResult(env_state=ts.env_state, obs=obs, reward=reward, terminated=terminated,
+                        truncated=truncated, final_obs=final_obs)
+    return record_step(loop, ts, actions, result, render)
+
+
+def host_learn(loop: Loop, ts: TrainState, totals, finished, updating: bool):
+    """Run the due updates (and projection) after a host step, pick the next actions.
 
     `updating` is static (the host knows the step count): no `lax.cond` around the update,
     which matters on CPU where convolutions inside control flow run ~5x slower.
     """
-    result = StepResult(env_state=ts.env_state, obs=obs, reward=reward, terminated=terminated,
-                        truncated=truncated, final_obs=final_obs)
-    ts, finished = record_step(loop, ts, actions, result, render)
     if updating:
         ts, metrics, num_updates = update_step(loop, ts)
     else:
@@ -719,7 +723,23 @@ def deterministic_actions(loop: Loop, learner: sac.SACState, obs):
                                     sac.prepare_obs(learner, obs, loop.cfg.sac))
 
 
-host_iteration_jit = jax.jit(host_iteration, static_argnums=(0, 10), donate_argnums=(1, 2, 3))
+host_record_jit = jax.jit(host_record, static_argnums=(0,), donate_argnums=(1,))
+host_learn_jit = jax.jit(host_learn, static_argnums=(0, 4), donate_argnums=(1, 2))
+
+
+def host_iteration_jit(loop: Loop, ts: TrainState, totals, actions, obs, reward, terminated,
+                       truncated, final_obs, render, updating: bool):
+    """One host vector step: record it, then the due updates and the next actions.
+
+    Two compiled programs, not one: in one program XLA (CPU) fuses the buffer write into the
+    gathers of the first update's sample, which then read the old buffer while the write
+    needs a new one, i.e. two whole-buffer copies per step (HalfCheetah-v5's 1M rows: 150 MB).
+    Split, the write is in place; measured in benchmarks/RESULTS.md ("Host step")."""
+    ts, finished = host_record_jit(loop, ts, actions, obs, reward, terminated, truncated,
+                                   final_obs, render)
+    return host_learn_jit(loop, ts, totals, finished, updating)
+
+
 start_episodes_jit = jax.jit(start_episodes, static_argnums=(0,), donate_argnums=(1,))
 add_frame_jit = jax.jit(add_frame, donate_argnums=(0,))
 empty_totals_jit = jax.jit(empty_totals, static_argnums=(0,))
