@@ -217,6 +217,12 @@ def run_flags(args: argparse.Namespace) -> dict:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Preset of the chosen env, overridden by the flags that were given."""
+    return config_and_env(args)[0]
+
+
+def config_and_env(args: argparse.Namespace):
+    """(config_from_args(args), the env it was checked and fitted against), so the trainer
+    reuses the env rather than building it again (an MJX model, a Gymnasium probe)."""
     backend = args.backend or "auto"
     if args.env is not None and args.environment is not None:
         by_index = envs.resolve_index(args.environment, backend)
@@ -308,7 +314,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     # last chunk are derived from it, config.buffer_capacity / loops.schedule), so a run
     # resumed to a longer total is the run a fresh command of that length would make.
     config_lib.validate(cfg)
-    return cfg
+    return cfg, env
 
 
 RESUME_FLAGS = {"resume", "total_steps", "episodes", "save_every", "keep_checkpoints",
@@ -356,10 +362,10 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         sweep = config_lib.parse_sweep(args.sweep or [])
-        cfg = None
+        cfg = env = None
         if (args.resume is None and not args.distributed and args.num_seeds is None
                 and not sweep):
-            cfg = config_from_args(args)
+            cfg, env = config_and_env(args)
     except (ConfigError, EnvError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
@@ -399,16 +405,16 @@ def main(argv=None) -> int:
             if args.num_seeds is not None or sweep:  # before JAX starts (config_from_args)
                 groups.use_host_cores(groups.group_size(args.num_seeds, sweep))
             if cfg is None:
-                cfg = config_from_args(args)
+                cfg, env = config_and_env(args)
             if args.out is not None:
                 trainer.check_writable_dir(args.out)
             if args.num_seeds is not None or sweep:
                 result = groups.train_group(cfg, args.num_seeds if args.num_seeds is not None
                                             else 1, sweep, out=args.out, progress=progress,
-                                            quiet=args.quiet)
+                                            quiet=args.quiet, env=env)
             else:
                 result = trainer.train(cfg, out=args.out, progress=progress,
-                                       quiet=args.quiet)
+                                       quiet=args.quiet, env=env)
     except (ConfigError, EnvError, CheckpointError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2

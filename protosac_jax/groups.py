@@ -134,9 +134,10 @@ def _members(out: Path, cfg: TrainConfig, named: list[tuple[str, TrainConfig]], 
 
 
 def train_group(cfg: TrainConfig, num_seeds: int = 1, sweep=None, out=None,
-                progress: bool = True, quiet: bool = False) -> GroupResult:
+                progress: bool = True, quiet: bool = False, env=None) -> GroupResult:
     """Train seeds cfg.seed .. cfg.seed + num_seeds - 1 (x every combination of the swept
-    values, {field: (v1, v2, ...)}) as one program; see the module docstring."""
+    values, {field: (v1, v2, ...)}) as one program; see the module docstring. `env`: cfg.env
+    already built (by the caller that needed its spec), else built here."""
     sweep = {config_lib.sweep_name(k): tuple(v) for k, v in (sweep or {}).items()}
     if not (isinstance(num_seeds, int) and num_seeds >= 1):
         raise ConfigError(f"--num-seeds must be an integer >= 1 (got {num_seeds!r})")
@@ -146,7 +147,7 @@ def train_group(cfg: TrainConfig, num_seeds: int = 1, sweep=None, out=None,
     named = member_configs(cfg, num_seeds, sweep)
     for _, member_cfg in named:
         config_lib.validate(member_cfg)
-    env = envs.make_env_for(cfg)
+    env = env if env is not None else envs.make_env_for(cfg)
     _check_device_env(cfg, env)
     out = Path(out) if out is not None else default_group_dir(cfg, num_seeds)
     trainer.check_writable_dir(out)

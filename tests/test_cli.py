@@ -444,3 +444,22 @@ def test_a_bad_cache_threshold_is_one_line_and_writes_nothing(tmp_path):
     assert proc.returncode == 2 and not (tmp_path / "run").exists()
     assert proc.stderr.strip().splitlines() == [
         "train.py: error: $PROTOSAC_JAX_CACHE_MIN_SECS must be seconds (a number), got 'abc'"]
+
+
+def test_train_py_builds_the_env_once(tmp_path, monkeypatch):
+    """train.py checks and fits its config against the env and hands that env to the trainer,
+    not building it a second time (an MJX model, a Gymnasium probe)."""
+    from protosac_jax import cli, envs
+
+    built = []
+    make = envs.make_env_for
+
+    def counting(cfg, *args, **kwargs):
+        built.append(cfg.env)
+        return make(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(envs, "make_env_for", counting)
+    run = tmp_path / "run"
+    assert cli.main([*TINY, "--total-steps", "300", "--quiet", "--no-tensorboard",
+                     "--out", str(run)]) == 0
+    assert built == ["pendulum"] and (run / "config.json").exists()
