@@ -629,14 +629,18 @@ def _gymnasium_preset(env: str) -> TrainConfig:
     # (later) ProtoSAC has LunarLander's 64 prototypes learning through 4 x tau: one seed
     # in three had stayed near 390 all run; with them it ended at 2895 (RESULTS.md
     # "Gymnasium Hopper-v5 at 100k env steps").
+    # Since 2026-12-07 (latest) the states are re-chosen half a cycle before each evaluation
+    # and the end of training (--projection-phase 0.5), not at the update right before them:
+    # one re-selection had cost 5-11.5 % of HalfCheetah-v5's return and 49 % of Hopper-v5's
+    # until training repaired it (RESULTS.md "Re-selection timing").
     # --crossq false --local-gain 0 --num-prototypes 32 --backward-temperature-scale 1
-    # restore the old preset.
+    # --projection-phase 0 restore the old preset.
     return TrainConfig(
         env=env, total_steps=1_000_000, learning_starts=10_000, buffer_size=1_000_000,
         eval_every=10_000, eval_episodes=10, save_every=100_000,
         sac=SACConfig(crossq=True),
         proto=PrototypeConfig(num_prototypes=64, projection_every=10_000, local_gain=0.25,
-                              backward_temperature_scale=4.0))
+                              backward_temperature_scale=4.0, projection_phase=0.5))
 
 
 # Fields that may differ when resuming a run (nothing else may: it would change the model or

@@ -118,13 +118,16 @@ def test_local_gain_is_the_locomotion_and_pendulum_presets_and_0_for_a_mixture()
     assert cfg_of("--env", "mountaincar").proto.local_gain == 0.0
 
 
-def test_gymnasium_mujoco_preset_has_crossq_critics_and_the_old_one_is_four_flags_away():
+def test_gymnasium_mujoco_preset_has_crossq_critics_and_the_old_one_is_five_flags_away():
     for args in (("--env", "Hopper-v5"), ("--environment", "3"), ("--environment", "4")):
         cfg = cfg_of(*args)
         assert cfg.sac.crossq and cfg.proto.local_gain == 0.25, args
         assert (cfg.proto.num_prototypes, cfg.proto.backward_temperature_scale) == (64, 4.0)
+        # re-selections half a cycle before the evaluations (warm-up = eval_every = every)
+        assert cfg.proto.projection_phase == 0.5
+        assert cfg.learning_starts == cfg.eval_every == cfg.proto.projection_every
         old = cfg_of(*args, "--crossq", "false", "--local-gain", "0", "--num-prototypes", "32",
-                     "--backward-temperature-scale", "1")
+                     "--backward-temperature-scale", "1", "--projection-phase", "0")
         assert not old.sac.crossq and old.proto.local_gain == 0.0
         assert old.proto == dataclasses.replace(config.PrototypeConfig(), projection_every=10_000)
     for env in ("LunarLanderContinuous-v3", "pendulum", "hopper", "CarRacing-v3"):
