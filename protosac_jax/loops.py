@@ -1,7 +1,7 @@
 """The training loops: collect + update + projection + eval.
 
 Device envs (gymnax, MJX): everything inside jitted `lax.scan`s (below). Gymnasium envs: the
-same pieces driven by `HostRunner`, one jitted call per host vector step (end of file).
+same pieces driven by `HostRunner`, two jitted calls per host vector step (end of file).
 
 One iteration = every env takes one step (the transitions go into the device buffer), then
 the gradient steps that are due (num_envs * updates_per_step on average, exactly: an integer
