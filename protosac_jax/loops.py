@@ -455,14 +455,30 @@ def iteration(loop: Loop, carry):
     return ts, add_to_totals(totals, metrics, num_updates, started, finished)
 
 
+def episode_starts(loop: Loop, key, num_episodes: int, env_states=None):
+    """(env states, obs) [E, ...] of `num_episodes` new episodes.
+
+    With `env_states` (the training envs') and an env that keeps the first state of each env's
+    episodes (MJX: `draw_starts`), they are `num_episodes` distinct ones of those first
+    states, drawn with `key`; each was drawn by the env's reset with a key of its own, so the
+    starts have the reset's distribution. The program then holds no reset: a compiled MJX
+    reset costs about as much as its step (humanoid on one core of this CPU: 21.5 s vs
+    24.9 s; benchmarks/RESULTS.md, "Where humanoid's cold start goes"). Otherwise (fewer
+    training envs than episodes, or another env) the env's reset."""
+    draw = getattr(loop.env, "draw_starts", None)
+    if env_states is not None and draw is not None and loop.cfg.num_envs >= num_episodes:
+        return draw(env_states, key, num_episodes)
+    return jax.vmap(loop.env.reset)(jax.random.split(key, num_episodes))
+
+
 def deterministic_episodes(loop: Loop, learner: sac.SACState, key, num_episodes: int,
-                           record=None):
+                           record=None, env_states=None):
     """`num_episodes` full episodes of the deterministic policy, run in parallel: (their
     returns, and `record(env_state, obs, alive)` of every step before it, stacked [T, E, ...],
-    or None without `record`)."""
+    or None without `record`). Starts: `episode_starts` (from `env_states` where it can)."""
     actor_params = learner.actor_params
     env = loop.env
-    env_state, obs = jax.vmap(env.reset)(jax.random.split(key, num_episodes))
+    env_state, obs = episode_starts(loop, key, num_episodes, env_states)
 
     def step(carry, step_key):
         env_state, obs, total, alive = carry
@@ -480,9 +496,11 @@ def deterministic_episodes(loop: Loop, learner: sac.SACState, key, num_episodes:
     return total, seen
 
 
-def evaluate(loop: Loop, learner: sac.SACState, key, num_episodes: int):
-    """Deterministic returns of `num_episodes` full episodes, run in parallel."""
-    return deterministic_episodes(loop, learner, key, num_episodes)[0]
+def evaluate(loop: Loop, learner: sac.SACState, key, num_episodes: int, env_states=None):
+    """Deterministic returns of `num_episodes` full episodes, run in parallel (starts:
+    `episode_starts`)."""
+    return deterministic_episodes(loop, learner, key, num_episodes,
+                                  env_states=env_states)[0]
 
 
 def summarize(loop: Loop, ts: TrainState, totals, num_iterations, returns):
@@ -550,7 +568,7 @@ def run_chunk(loop: Loop, ts: TrainState, num_iterations):
     ts, totals = jax.lax.fori_loop(
         0, num_iterations, lambda _, carry: iteration(loop, carry),
         (ts, empty_totals(loop, ts)))
-    returns = evaluate(loop, ts.learner, eval_key(ts), loop.cfg.eval_episodes)
+    returns = evaluate(loop, ts.learner, eval_key(ts), loop.cfg.eval_episodes, ts.env_state)
     return ts, summarize(loop, ts, totals, num_iterations, returns)
 
 
@@ -648,7 +666,8 @@ def run_group_chunk(loop: Loop, ts: TrainState, values, num_iterations):
 
     def finish(ts, totals, v):
         member = member_loop(loop, v)
-        returns = evaluate(member, ts.learner, eval_key(ts), loop.cfg.eval_episodes)
+        returns = evaluate(member, ts.learner, eval_key(ts), loop.cfg.eval_episodes,
+                           ts.env_state)
         return summarize(member, ts, totals, num_iterations, returns)
 
     return ts, jax.vmap(finish)(ts, totals, values)

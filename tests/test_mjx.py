@@ -43,6 +43,33 @@ def test_truncation_at_episode_length_then_auto_reset(pendulum_steps):
     assert int(state.time) == 0
 
 
+def test_evaluation_starts_are_distinct_first_states_of_the_training_envs(pendulum_steps):
+    """The evaluation draws its episodes' starts from the training envs' first states (no
+    MJX reset in the chunk's program), distinct ones; with fewer training envs than
+    episodes it resets as before."""
+    from protosac_jax import loops
+
+    env, _, step = pendulum_steps
+    cfg = dataclasses.replace(config_lib.preset("inverted_pendulum"), num_envs=6)
+    loop = loops.Loop(env=env, actor=None, cfg=cfg)
+    states, _ = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), 6))
+    states = jax.vmap(step)(jax.random.split(jax.random.PRNGKey(1), 6), states,
+                            jnp.ones((6, 1))).env_state  # current != first state
+    starts, obs = jax.jit(lambda k: loops.episode_starts(loop, k, 4, states))(
+        jax.random.PRNGKey(2))
+    first = np.asarray(states.first_state.obs)
+    rows = [int(np.flatnonzero(np.all(first == o, axis=1))[0]) for o in np.asarray(obs)]
+    assert len(set(rows)) == 4
+    np.testing.assert_array_equal(np.asarray(starts.brax_state.obs), np.asarray(obs))
+    np.testing.assert_array_equal(np.asarray(starts.time), np.zeros(4))
+    assert not np.any(np.all(np.asarray(states.brax_state.obs)[:, None] == obs[None], -1))
+    other, _ = loops.episode_starts(loop, jax.random.PRNGKey(3), 4, states)
+    assert not np.array_equal(np.asarray(other.brax_state.obs), np.asarray(obs))
+    few = loops.Loop(env=env, actor=None, cfg=dataclasses.replace(cfg, num_envs=2))
+    _, reset_obs = loops.episode_starts(few, jax.random.PRNGKey(2), 4, states)
+    assert reset_obs.shape == (4,) + env.spec.obs_shape
+
+
 def test_termination_is_not_truncation():
     env = MjxEnv("inverted_pendulum", episode_length=1000)
     state, _ = jax.jit(env.reset)(jax.random.PRNGKey(0))

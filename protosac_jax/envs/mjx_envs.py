@@ -116,6 +116,17 @@ class MjxEnv:
         state = _jitted(self._env)[0](key)
         return MjxState(state, state, jnp.zeros((), jnp.int32)), state.obs.astype(jnp.float32)
 
+    def draw_starts(self, env_states: MjxState, key, num: int):
+        """(states, obs) of `num` new episodes: `num` distinct ones of the first states of
+        the batch `env_states` (each drawn by `reset` with its own key), chosen with `key`.
+        The evaluation starts from these, so its program needs no MJX reset of its own
+        (loops.episode_starts)."""
+        batch = env_states.time.shape[0]
+        pick = jax.random.choice(key, batch, (num,), replace=False)
+        first = jax.tree_util.tree_map(lambda x: x[pick], env_states.first_state)
+        return (MjxState(first, first, jnp.zeros((num,), jnp.int32)),
+                first.obs.astype(jnp.float32))
+
     def step(self, key, env_state: MjxState, action) -> StepResult:
         del key  # brax locomotion steps are deterministic
         # brax actions are in [-1, 1] already (actuator ctrlrange is applied by MJX).
