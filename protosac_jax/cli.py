@@ -322,8 +322,9 @@ RESUME_FLAGS = {"resume", "total_steps", "episodes", "save_every", "keep_checkpo
                 "no_save_buffer", "no_progress", "quiet", "no_tensorboard", "wandb", "distributed"}
 
 
-def resume_overrides(args: argparse.Namespace, cfg: TrainConfig) -> dict:
-    """Flags allowed with --resume, as TrainConfig overrides; any other flag is refused."""
+def resume_overrides(args: argparse.Namespace, cfg: TrainConfig, env=None) -> dict:
+    """Flags allowed with --resume, as TrainConfig overrides; any other flag is refused.
+    `--episodes` reads the episode length from `env` (built from `cfg` if not given)."""
     given = {k for k, v in vars(args).items() if v not in (None, False)}
     refused = sorted(given - RESUME_FLAGS)
     if refused:
@@ -336,7 +337,8 @@ def resume_overrides(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     if args.total_steps is not None:
         overrides["total_steps"] = args.total_steps
     if args.episodes is not None:
-        overrides["total_steps"] = args.episodes * envs.make_env_for(cfg).spec.episode_length
+        env = env if env is not None else envs.make_env_for(cfg)
+        overrides["total_steps"] = args.episodes * env.spec.episode_length
     overrides.update(run_flags(args))
     return overrides
 
@@ -397,9 +399,11 @@ def main(argv=None) -> int:
             from protosac_jax.checkpoint import read_config
 
             cfg = read_config(args.resume)
-            overrides = resume_overrides(args, cfg)
+            # the env --episodes reads its length from is the one the run continues with
+            env = envs.make_env_for(cfg) if args.episodes is not None else None
+            overrides = resume_overrides(args, cfg, env)
             result = trainer.resume(args.resume, progress=progress, quiet=args.quiet,
-                                    **overrides)
+                                    env=env, **overrides)
             cfg = config_lib.from_json((result.run_dir / "config.json").read_text())
         else:
             if args.num_seeds is not None or sweep:  # before JAX starts (config_from_args)

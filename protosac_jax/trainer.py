@@ -443,10 +443,11 @@ def _group_runner(loop: loops.Loop, ts, values):
 
 
 def resume(run_dir: str | os.PathLike, progress: bool = True, quiet: bool = False,
-           **overrides) -> RunResult:
+           env=None, **overrides) -> RunResult:
     """Continue a run from its newest good checkpoint with its saved config.
 
     `overrides` may only touch config_lib.RESUMABLE_FIELDS (e.g. a larger total_steps).
+    `env`: the run's env if the caller built it already (default: built from the config).
     """
     from protosac_jax import checkpoint
 
@@ -461,7 +462,7 @@ def resume(run_dir: str | os.PathLike, progress: bool = True, quiet: bool = Fals
 
     parallel.check_divisible(cfg)
     enable_compilation_cache()
-    loop = make_loop(cfg)
+    loop = make_loop(cfg, env)
     ts, meta = checkpoint.restore_train_state(run_dir, loop)
     if int(ts.env_steps) >= cfg.total_steps:
         raise ConfigError(f"{run_dir} already has {int(ts.env_steps)} env steps; raise "

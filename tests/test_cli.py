@@ -466,3 +466,8 @@ def test_train_py_builds_the_env_once(tmp_path, monkeypatch):
     assert cli.main([*TINY, "--total-steps", "300", "--quiet", "--no-tensorboard",
                      "--out", str(run)]) == 0
     assert built == ["pendulum"] and (run / "config.json").exists()
+    # a resume with --episodes reads the episode length from the env it then continues with
+    built.clear()
+    assert cli.main(["--resume", str(run), "--episodes", "2", "--quiet"]) == 0
+    assert built == ["pendulum"]
+    assert json.loads((run / "config.json").read_text())["total_steps"] == 400
