@@ -393,13 +393,14 @@ def main(argv=None) -> int:
         if args.resume is not None and groups.is_group(args.resume):
             groups.use_host_cores(len(groups.read_group(args.resume)["members"]))
             cfg = groups.base_config(args.resume)
+            env = envs.make_env_for(cfg) if args.episodes is not None else None
             result = groups.resume_group(args.resume, progress=progress, quiet=args.quiet,
-                                         **resume_overrides(args, cfg))
+                                         env=env, **resume_overrides(args, cfg, env))
         elif args.resume is not None:
             from protosac_jax.checkpoint import read_config
 
             cfg = read_config(args.resume)
-            # the env --episodes reads its length from is the one the run continues with
+            # --episodes reads the length from the env the run then continues with
             env = envs.make_env_for(cfg) if args.episodes is not None else None
             overrides = resume_overrides(args, cfg, env)
             result = trainer.resume(args.resume, progress=progress, quiet=args.quiet,

@@ -188,9 +188,11 @@ def base_config(out) -> TrainConfig:
     return config_lib.from_dict(read_group(out)["config"])
 
 
-def resume_group(out, progress: bool = True, quiet: bool = False, **overrides) -> GroupResult:
+def resume_group(out, progress: bool = True, quiet: bool = False, env=None,
+                 **overrides) -> GroupResult:
     """Continue every member of a group together from the newest step all of them committed
-    (`overrides`: config_lib.RESUMABLE_FIELDS only, as trainer.resume)."""
+    (`overrides`: config_lib.RESUMABLE_FIELDS only, as trainer.resume; `env`: the group's env
+    if the caller built it already)."""
     from protosac_jax import checkpoint
     from protosac_jax.checkpoint import CheckpointError
 
@@ -203,7 +205,7 @@ def resume_group(out, progress: bool = True, quiet: bool = False, **overrides) -
     config_lib.validate(cfg)
     named = [(m["dir"], dataclasses.replace(checkpoint.read_config(out / m["dir"]),
                                             **overrides)) for m in group["members"]]
-    env = envs.make_env_for(cfg)
+    env = env if env is not None else envs.make_env_for(cfg)
     _check_device_env(cfg, env)
     trainer.enable_compilation_cache()
     loop = trainer.make_loop(cfg, env)

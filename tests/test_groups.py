@@ -135,8 +135,8 @@ def test_num_seeds_cli_writes_loadable_resumable_member_runs(tmp_path):
     plotted = json.loads((tmp_path / "curves" / "curves.json").read_text())["curves"]
     assert [(c["label"], c["seeds"]) for c in plotted] == [("group", 2), ("seed_5", 1)]
     assert (tmp_path / "curves" / "curves.png").stat().st_size > 10_000
-    # the group resumes together from its newest common step
-    proc = run_cli("--resume", str(out), "--total-steps", "1800", "--no-progress")
+    # the group resumes together from its newest common step (--episodes: 9 x 200 steps)
+    proc = run_cli("--resume", str(out), "--episodes", "9", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "seeds.json").read_text())
     for seed in (5, 6):
