@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from typing import Any
 
 from protosac_jax import config as config_lib
 from protosac_jax import envs
@@ -322,25 +323,26 @@ RESUME_FLAGS = {"resume", "total_steps", "episodes", "save_every", "keep_checkpo
                 "no_save_buffer", "no_progress", "quiet", "no_tensorboard", "wandb", "distributed"}
 
 
-def resume_overrides(args: argparse.Namespace, cfg: TrainConfig, env=None) -> dict:
+def resume_overrides(args: argparse.Namespace, cfg: TrainConfig) -> tuple[dict, Any]:
     """Flags allowed with --resume, as TrainConfig overrides; any other flag is refused.
-    `--episodes` reads the episode length from `env` (built from `cfg` if not given)."""
+    Also the run's env if `--episodes` needed it for the episode length (the resume then
+    continues with it rather than building it again), else None."""
     given = {k for k, v in vars(args).items() if v not in (None, False)}
     refused = sorted(given - RESUME_FLAGS)
     if refused:
         names = ", ".join("--" + k.replace("_", "-") for k in refused)
         raise ConfigError(f"--resume keeps the run's config (model shape, env, seed); "
                           f"cannot combine it with {names}")
-    overrides = {}
+    overrides, env = {}, None
     if args.total_steps is not None and args.episodes is not None:
         raise ConfigError("give --episodes or --total-steps, not both")
     if args.total_steps is not None:
         overrides["total_steps"] = args.total_steps
     if args.episodes is not None:
-        env = env if env is not None else envs.make_env_for(cfg)
+        env = envs.make_env_for(cfg)
         overrides["total_steps"] = args.episodes * env.spec.episode_length
     overrides.update(run_flags(args))
-    return overrides
+    return overrides, env
 
 
 def _viz_command() -> str:
@@ -393,16 +395,14 @@ def main(argv=None) -> int:
         if args.resume is not None and groups.is_group(args.resume):
             groups.use_host_cores(len(groups.read_group(args.resume)["members"]))
             cfg = groups.base_config(args.resume)
-            env = envs.make_env_for(cfg) if args.episodes is not None else None
+            overrides, env = resume_overrides(args, cfg)
             result = groups.resume_group(args.resume, progress=progress, quiet=args.quiet,
-                                         env=env, **resume_overrides(args, cfg, env))
+                                         env=env, **overrides)
         elif args.resume is not None:
             from protosac_jax.checkpoint import read_config
 
             cfg = read_config(args.resume)
-            # --episodes reads the length from the env the run then continues with
-            env = envs.make_env_for(cfg) if args.episodes is not None else None
-            overrides = resume_overrides(args, cfg, env)
+            overrides, env = resume_overrides(args, cfg)
             result = trainer.resume(args.resume, progress=progress, quiet=args.quiet,
                                     env=env, **overrides)
             cfg = config_lib.from_json((result.run_dir / "config.json").read_text())
