@@ -182,7 +182,7 @@ def test_two_device_training_run(tmp_path):
     results = {}
     for devices in (1, 2):
         env = {**os.environ, "JAX_PLATFORMS": "cpu",
-               "XLA_FLAGS": xla_flags(devices)}
+               "XLA_FLAGS": xla_flags(devices, fusion_emitters=True)}
         proc = subprocess.run([sys.executable, "-c", SHARDED_RUN_SCRIPT,
                                str(tmp_path / f"r{devices}"), str(tmp_path / f"p{devices}.npz")],
                               env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)

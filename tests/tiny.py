@@ -13,20 +13,27 @@ import dataclasses
 
 from protosac_jax import config as config_lib
 
-# XLA's backend (LLVM) optimisation off for the suite (tests/conftest.py puts these flags in
-# the environment): the tests' programs are small and short-lived, so their compile time is
-# most of the suite, and these flags cut a cold suite's compile time by about a quarter
-# (benchmarks/RESULTS.md, "Test suite"). The programs themselves (their HLO) are the ones
-# users run; only the machine code is less optimised.
-SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# XLA's backend (LLVM) optimisation and its CPU fusion emitters off for the suite
+# (tests/conftest.py puts these flags in the environment): the tests' programs are small and
+# short-lived, so their compile time is most of the suite. The first two flags cut a cold
+# suite's compile time by about a quarter; the fusion emitters (XLA's MLIR code generators for
+# fused loops, on by default) off cut it by more than half again: the tiny Pendulum run's
+# programs 7.7 -> 2.8 s, MJX inverted_pendulum's 20.9 -> 8.3 s (benchmarks/RESULTS.md, "Test
+# suite"). The programs themselves (their HLO) are the ones users run; only the machine code
+# is made differently.
+BACKEND_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+SUITE_XLA_FLAGS = f"{BACKEND_FLAGS} --xla_cpu_use_fusion_emitters=false"
 
 
-def xla_flags(devices: int | None = None) -> str:
+def xla_flags(devices: int | None = None, fusion_emitters: bool = False) -> str:
     """$XLA_FLAGS for a command a test runs with its own CPU device count: the suite's flags
-    plus --xla_force_host_platform_device_count."""
+    plus --xla_force_host_platform_device_count. `fusion_emitters`: keep XLA's default code
+    generation for fused loops, for a test of bitwise sameness across device counts (without
+    the emitters, Pendulum's sin/cos round differently at 2 and 4 envs per device)."""
+    flags = BACKEND_FLAGS if fusion_emitters else SUITE_XLA_FLAGS
     if devices is None:
-        return SUITE_XLA_FLAGS
-    return f"{SUITE_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
+        return flags
+    return f"{flags} --xla_force_host_platform_device_count={devices}"
 
 BUFFER = 600  # rows: every tiny run is at least this long
 # The preset's 2 updates per env step, local feedback, rollout-drawn prototype states and
