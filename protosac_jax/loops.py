@@ -55,13 +55,44 @@ class TrainState:
     reservoir: Any = None
 
 
+# TrainConfig fields that no compiled program reads: the run's length and seed, its warm-up
+# (an argument of init_state's program), evaluation and checkpoint schedules and loggers.
+# `total_steps` and `buffer_size` enter the programs only as the buffer's capacity
+# (config.buffer_capacity). test_loops checks that configs differing in these lower to the
+# same programs.
+HOST_ONLY_FIELDS = ("seed", "learning_starts", "eval_every", "log_tensorboard", "log_wandb",
+                    "save_every", "keep_checkpoints", "save_buffer", "video_every")
+
+
 @dataclasses.dataclass(frozen=True)
 class Loop:
-    """Static description of a run (hashable: a static argument of the jitted chunks)."""
+    """Static description of a run (hashable: a static argument of the jitted chunks).
+
+    Two Loops are equal when their programs are: the same env and actor, and configs that
+    differ only in host-side settings (HOST_ONLY_FIELDS; `total_steps` and `buffer_size`
+    only as far as they leave the buffer's capacity alone). A second run in one process
+    with another seed, length or schedule then reuses the first run's traced and compiled
+    programs (JAX's in-memory jit cache) instead of tracing them again."""
 
     env: Any
     actor: Any
     cfg: TrainConfig
+
+    @functools.cached_property  # hashed on every jitted call (the host loop: every step)
+    def _program_key(self):
+        capacity = config_lib.buffer_capacity(self.cfg)
+        host = {name: getattr(TrainConfig, name) for name in HOST_ONLY_FIELDS}
+        cfg = dataclasses.replace(self.cfg, total_steps=capacity, buffer_size=capacity, **host)
+        key = (self.env, self.actor, cfg)
+        return key, hash(key)
+
+    def __eq__(self, other):
+        if not isinstance(other, Loop):
+            return NotImplemented
+        return self is other or self._program_key[0] == other._program_key[0]
+
+    def __hash__(self):
+        return self._program_key[1]
 
     @property
     def spec(self):
@@ -640,10 +671,12 @@ def _with_schedule_counters(ts: TrainState, counters) -> TrainState:
         buffer=ts.buffer.replace(size=size, insert_position=position))
 
 
-def init_group(loop: Loop, keys, values) -> TrainState:
+def init_group(loop: Loop, keys, values, learning_starts=None) -> TrainState:
     """The states of a group's members, stacked: member i is `init_state` of its own loop
-    and key (a lone run's `PRNGKey(seed)`), so its random streams are the lone run's."""
-    return jax.vmap(lambda key, v: init_state(member_loop(loop, v), key))(keys, values)
+    and key (a lone run's `PRNGKey(seed)`), so its random streams are the lone run's.
+    `learning_starts`: as in `init_state`."""
+    return jax.vmap(lambda key, v: init_state(member_loop(loop, v), key, learning_starts))(
+        keys, values)
 
 
 def run_group_chunk(loop: Loop, ts: TrainState, values, num_iterations):
@@ -682,7 +715,13 @@ def group_member(tree, index: int):
     return jax.tree_util.tree_map(lambda x: x[index], tree)
 
 
-init_group_jit = jax.jit(init_group, static_argnums=(0,))
+_init_group_program = jax.jit(init_group, static_argnums=(0,))
+
+
+def init_group_jit(loop: Loop, keys, values) -> TrainState:
+    """`init_group` compiled, the warm-up length passed in (as `init_state_jit`)."""
+    return _init_group_program(loop, keys, values,
+                               jnp.asarray(loop.cfg.learning_starts, jnp.int32))
 run_group_chunk_jit = jax.jit(run_group_chunk, static_argnums=(0,), donate_argnums=(1,))
 project_group_jit = jax.jit(project_group, static_argnums=(0,), static_argnames=("final",))
 

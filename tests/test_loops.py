@@ -153,29 +153,47 @@ def test_gymnasium_evaluations_never_share_start_states(monkeypatch):
     np.testing.assert_array_equal(first, again)  # the same evaluation step: the same states
 
 
-def test_runs_differing_in_warm_up_length_share_their_compiled_programs():
-    """The persistent compile cache keys programs by their HLO: two runs that differ only in
-    --learning-starts (and length, seed) lower to the same init and chunk programs, and the
-    warm-up still reaches the state."""
+def test_runs_differing_only_in_host_settings_share_their_programs():
+    """Runs that differ only in host-side settings (loops.HOST_ONLY_FIELDS: warm-up length,
+    seed, schedules, loggers; and length or asked buffer that leave its capacity alone) lower
+    to the same programs, so the persistent compile cache (keyed by HLO) serves one to the
+    other, and their Loops are equal, so one process reuses the traced programs (JAX's jit
+    cache keys static arguments by equality). The warm-up still reaches the state."""
     import jax.numpy as jnp
 
-    # (both runs at least as long as the 1000-row buffer, whose capacity is in the programs)
-    a, b = small_cfg(learning_starts=8, total_steps=1000), small_cfg(learning_starts=30,
-                                                                     total_steps=3000, seed=3)
+    # buffers of 1000 rows (the capacity is in the programs): capped by a's length, b's size
+    a = small_cfg(learning_starts=8, total_steps=1000, buffer_size=5000)
+    b = small_cfg(learning_starts=30, total_steps=3000, seed=3, buffer_size=1000,
+                  eval_every=700, log_tensorboard=False, log_wandb=True, save_every=100,
+                  keep_checkpoints=1, save_buffer=False, video_every=500)
+    assert {f for f in loops.HOST_ONLY_FIELDS if getattr(a, f) == getattr(b, f)} == set()
     key = jax.random.PRNGKey(0)
     (loop_a, ts_a), (loop_b, ts_b) = make(a), make(b)
+    assert loop_a == loop_b and hash(loop_a) == hash(loop_b)
+    assert loop_b.cfg.seed == 3  # host code still reads the run's own settings
+    assert loop_a != make(small_cfg(total_steps=999))[0]  # a buffer of 999 rows: not equal
+    assert loop_a != make(small_cfg(total_steps=1000, eval_episodes=3))[0]
     assert (int(ts_a.random_until), int(ts_a.updates_start)) == (8, 8)
     assert (int(ts_b.random_until), int(ts_b.updates_start)) == (30, 30)
 
-    def init_program(loop, fn=loops._init_state_program, *warm_up):
-        return fn.lower(loop, key, *warm_up).as_text()
+    # each lowered from a closure over its own loop: traced afresh, not taken from the jit
+    # cache that the equal Loops share
+    def text(fn, *args):
+        return jax.jit(fn).lower(*args).as_text()
 
-    assert (init_program(loop_a, loops._init_state_program, jnp.int32(8))
-            == init_program(loop_b, loops._init_state_program, jnp.int32(30)))
-    written_in = jax.jit(loops.init_state, static_argnums=(0,))  # the warm-up as a constant
-    assert init_program(loop_a, written_in) != init_program(loop_b, written_in)
-    assert (loops.run_chunk_jit.lower(loop_a, ts_a, 1).as_text()
-            == loops.run_chunk_jit.lower(loop_b, ts_b, 1).as_text())
+    def init(loop, warm_up):
+        return text(lambda k, w: loops.init_state(loop, k, w), key, warm_up)
+
+    assert init(loop_a, jnp.int32(8)) == init(loop_b, jnp.int32(30))
+    # the warm-up written in as a constant would make two programs (hence the argument)
+    assert (text(lambda k: loops.init_state(loop_a, k), key)
+            != text(lambda k: loops.init_state(loop_b, k), key))
+    for program, args in [(loops.run_chunk, (1,)), (loops.project, ())]:
+        assert (text(lambda ts, *x: program(loop_a, ts, *x), ts_a, *args)
+                == text(lambda ts, *x: program(loop_b, ts, *x), ts_b, *args)), program
+    keys = jnp.stack([key, key])
+    assert (text(lambda k, w: loops.init_group(loop_a, k, {}, w), keys, jnp.int32(8))
+            == text(lambda k, w: loops.init_group(loop_b, k, {}, w), keys, jnp.int32(30)))
 
 
 @pytest.mark.parametrize("heads,first,taken", [
