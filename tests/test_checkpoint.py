@@ -18,6 +18,7 @@ import protosac_jax
 from protosac_jax import checkpoint, trainer
 from protosac_jax.checkpoint import CheckpointError
 from protosac_jax.config import ConfigError
+from inproc import run_main
 from tiny import FLAGS as TINY, tiny_cfg, xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,12 +198,6 @@ def test_resume_refuses_shape_changes_and_finished_runs(finished_run):
         protosac_jax.resume(finished_run, total_steps=1000)
 
 
-def run_cli(*args, cwd=ROOT, **popen):
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
-
-
 def _snapshot(path):
     return {p: p.stat().st_mtime_ns for p in Path(path).rglob("*")}
 
@@ -221,7 +216,7 @@ def test_resume_bad_input_cli(finished_run, tmp_path, case):
             if f.is_file() and f.parent.name == "d":
                 f.write_bytes(b"garbage")
     before = _snapshot(run)
-    proc = run_cli(*args)
+    proc = run_main(*args)
     assert proc.returncode == 2, proc.stderr
     lines = [x for x in proc.stderr.strip().splitlines() if "Warning" not in x]
     assert len(lines) == 1 and lines[0].startswith("train.py: error:"), proc.stderr
@@ -231,7 +226,7 @@ def test_resume_bad_input_cli(finished_run, tmp_path, case):
 
 def test_nan_guard_stops_with_clear_message(tmp_path):
     out = tmp_path / "nan"
-    proc = run_cli(*TINY, "--total-steps", "3000", "--lr", "1e12", "--out", str(out),
+    proc = run_main(*TINY, "--total-steps", "3000", "--lr", "1e12", "--out", str(out),
                    "--no-progress")
     assert proc.returncode == 1
     assert "non-finite" in proc.stderr and "env step" in proc.stderr

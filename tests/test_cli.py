@@ -14,6 +14,7 @@ from protosac_jax.cli import build_parser, config_from_args
 from protosac_jax import config
 from protosac_jax.config import ConfigError
 
+from inproc import run_main
 from tiny import BUFFER, FLAGS as TINY, tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -404,9 +405,9 @@ def test_a_run_shorter_than_projection_every_ends_projected(tmp_path, source):
     prototypes are real states from their first selection, right before the first update."""
     out = tmp_path / "run"
     # 100 updates, fewer than the tiny run's projection_every (200)
-    proc = run_cli(*TINY, "--total-steps", "1000", "--learning-starts", "900",
-                   "--eval-every", "500", "--prototypes", source, "--out", str(out),
-                   "--no-progress", cwd=tmp_path)
+    proc = run_main(*TINY, "--total-steps", "1000", "--learning-starts", "900",
+                    "--eval-every", "500", "--prototypes", source, "--out", str(out),
+                    "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     import protosac_jax

@@ -15,6 +15,7 @@ import pytest
 from protosac_jax import config as config_lib
 from protosac_jax import groups, loops, trainer
 from protosac_jax.config import ConfigError
+from inproc import run_main
 from tiny import FLAGS as TINY, tiny_cfg, xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ def test_num_seeds_cli_writes_loadable_resumable_member_runs(tmp_path):
     assert [(c["label"], c["seeds"]) for c in plotted] == [("group", 2), ("seed_5", 1)]
     assert (tmp_path / "curves" / "curves.png").stat().st_size > 10_000
     # the group resumes together from its newest common step (--episodes: 9 x 200 steps)
-    proc = run_cli("--resume", str(out), "--episodes", "9", "--no-progress")
+    proc = run_main("--resume", str(out), "--episodes", "9", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "seeds.json").read_text())
     for seed in (5, 6):
@@ -146,7 +147,7 @@ def test_num_seeds_cli_writes_loadable_resumable_member_runs(tmp_path):
                  for x in (out / f"seed_{seed}" / "metrics.jsonl").read_text().splitlines()]
         assert steps == [600, 1200, 1800]
     # a member is a run of its own: it resumes alone
-    proc = run_cli("--resume", str(out / "seed_6"), "--total-steps", "2400", "--no-progress")
+    proc = run_main("--resume", str(out / "seed_6"), "--total-steps", "2400", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert "seed 6" in proc.stdout
     assert json.loads((out / "seed_6" / "summary.json").read_text())["env_steps"] == 2400
@@ -154,7 +155,7 @@ def test_num_seeds_cli_writes_loadable_resumable_member_runs(tmp_path):
 
 def test_sweep_cli_writes_one_run_per_value_and_a_table(tmp_path):
     out = tmp_path / "sweep"
-    proc = run_cli(*TINY, "--sweep", "actor_lr=1e-3,3e-3", "--out", str(out),
+    proc = run_main(*TINY, "--sweep", "actor_lr=1e-3,3e-3", "--out", str(out),
                    "--total-steps", "600", "--learning-starts", "200", "--eval-every", "600",
                    "--no-progress")
     assert proc.returncode == 0, proc.stderr

@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from inproc import run_main
 from test_cli import run_cli
 from tiny import FLAGS as TINY
 
@@ -21,7 +22,7 @@ TINY_PENDULUM = [*TINY, "--total-steps", "3000", "--learning-starts", "500", "--
 @pytest.fixture(scope="module")
 def pendulum_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("viz") / "run"
-    proc = run_cli(*TINY_PENDULUM, "--video-every", "1500", "--out", str(out))
+    proc = run_main(*TINY_PENDULUM, "--video-every", "1500", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 
@@ -57,7 +58,7 @@ def _check_export(run, out, k, proc):
 def test_pendulum_export(pendulum_run, tmp_path):
     out = tmp_path / "viz"
     proc = run_cli("--ckpt", str(pendulum_run), "--out", str(out), "--episodes", "2",
-                   script="viz.py")
+                   script="viz.py")  # the real command (the other exports run in-process)
     summary = _check_export(pendulum_run, out, 8, proc)
     assert summary["episode_lengths"] == [200, 200]
     assert "wrote" in proc.stdout
@@ -74,11 +75,11 @@ def test_video_every_records_eval_episodes_during_training(pendulum_run):
 
 def test_original_flags_are_aliases(pendulum_run, tmp_path):
     out = tmp_path / "saved"
-    proc = run_cli("--model_path", str(pendulum_run), "--save_dir", str(out), "--environment",
+    proc = run_main("--model_path", str(pendulum_run), "--save_dir", str(out), "--environment",
                    "0", "--episodes", "1", "--no-video", script="viz.py")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "report.html").is_file() and not (out / "episode.mp4").exists()
-    proc = run_cli("--model_path", str(pendulum_run), "--environment", "2", script="viz.py")
+    proc = run_main("--model_path", str(pendulum_run), "--environment", "2", script="viz.py")
     assert proc.returncode == 2 and "trained on pendulum" in proc.stderr
 
 
@@ -86,23 +87,23 @@ def test_mjx_export(tmp_path):
     """An MJX run's export (MuJoCo renders of qpos/qvel). inverted_pendulum, not hopper: the
     same code path at a third of the compile time."""
     run = tmp_path / "mjx"
-    proc = run_cli("--env", "inverted_pendulum", "--num-envs", "16", "--total-steps", "2048",
+    proc = run_main("--env", "inverted_pendulum", "--num-envs", "16", "--total-steps", "2048",
                    "--learning-starts", "1024", "--eval-every", "1024", "--eval-episodes", "1",
                    "--projection-every", "50", "--batch-size", "32", "--hidden", "16,16",
                    "--num-prototypes", "6", "--latent-dim", "8", "--no-progress",
                    "--out", str(run))
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "viz"
-    proc = run_cli("--ckpt", str(run), "--out", str(out), "--episodes", "1", script="viz.py")
+    proc = run_main("--ckpt", str(run), "--out", str(out), "--episodes", "1", script="viz.py")
     _check_export(run, out, 6, proc)
 
 
 def test_baseline_run_exports_video_and_actions_and_says_why_no_prototypes(tmp_path):
     run = tmp_path / "sac"
-    proc = run_cli(*TINY_PENDULUM, "--total-steps", "1000", "--baseline", "--out", str(run))
+    proc = run_main(*TINY_PENDULUM, "--total-steps", "1000", "--baseline", "--out", str(run))
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "viz"
-    proc = run_cli("--ckpt", str(run), "--out", str(out), "--episodes", "1", script="viz.py")
+    proc = run_main("--ckpt", str(run), "--out", str(out), "--episodes", "1", script="viz.py")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [line for line in proc.stdout.splitlines() if "need a ProtoSAC" in line]
     assert (out / "episode.mp4").is_file() and (out / "actions.png").is_file()
@@ -123,7 +124,7 @@ def test_baseline_run_exports_video_and_actions_and_says_why_no_prototypes(tmp_p
 def test_bad_input_one_line_exit_2(pendulum_run, tmp_path, args, needle):
     args = [str(pendulum_run) if a == "RUN" else a for a in args]
     before = sorted(p.name for p in pendulum_run.iterdir())
-    proc = run_cli(*args, script="viz.py", cwd=tmp_path)
+    proc = run_main(*args, script="viz.py", cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
@@ -199,7 +200,7 @@ def test_report_renders_in_headless_chromium(pendulum_run, tmp_path):
     """report.html as a reader opens it, at a laptop width (1366 px): every image decodes
     and is laid out, the prototype usage table is there, nothing overflows sideways."""
     out = tmp_path / "viz"
-    proc = run_cli("--ckpt", str(pendulum_run), "--out", str(out), "--episodes", "1",
+    proc = run_main("--ckpt", str(pendulum_run), "--out", str(out), "--episodes", "1",
                    "--no-video", script="viz.py")
     assert proc.returncode == 0
     page = tmp_path / "checked.html"
@@ -277,7 +278,7 @@ def test_faithfulness_export(pendulum_run, tmp_path):
 
     ks = [1, 2, 4]
     out = tmp_path / "faith"
-    proc = run_cli("--ckpt", str(pendulum_run), "--faithfulness", "--ks", "1,2,4",
+    proc = run_main("--ckpt", str(pendulum_run), "--faithfulness", "--ks", "1,2,4",
                    "--episodes", "1", "--out", str(out), script="viz.py")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "faithfulness.json").read_text())
@@ -323,14 +324,14 @@ def test_faithfulness_export(pendulum_run, tmp_path):
     # (how much that matters depends on how well the agent learned: test_learning's 5k run
     # asserts the 3x deletion floor on a trained agent, benchmarks/decisions.py measures it)
 
-    proc = run_cli("--ckpt", str(pendulum_run), "--faithfulness", "--ks", "0,99",
+    proc = run_main("--ckpt", str(pendulum_run), "--faithfulness", "--ks", "0,99",
                    "--out", str(tmp_path / "bad"), script="viz.py")
     assert proc.returncode == 2 and "--ks needs values in 1..7" in proc.stderr
 
 
 def test_prune_export_writes_curve_and_a_loadable_pruned_run(pendulum_run, tmp_path):
     out = tmp_path / "prune"
-    proc = run_cli("--ckpt", str(pendulum_run), "--prune", "--episodes", "1", "--out", str(out),
+    proc = run_main("--ckpt", str(pendulum_run), "--prune", "--episodes", "1", "--out", str(out),
                    script="viz.py")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "pruning.json").read_text())
@@ -346,12 +347,12 @@ def test_prune_export_writes_curve_and_a_loadable_pruned_run(pendulum_run, tmp_p
     assert pruned.config.proto.num_prototypes == result["n_at_share"]
     assert pruned.meta["kept_prototypes"] == result["kept_at_share"]
     # the saved pruned agent plays the same return that was reported for it
-    proc = run_cli("--ckpt", str(out / "pruned"), "--episodes", "1", "--no-video",
+    proc = run_main("--ckpt", str(out / "pruned"), "--episodes", "1", "--no-video",
                    "--out", str(tmp_path / "viz"), script="viz.py")
     assert proc.returncode == 0, proc.stderr[-2000:]
     replay = json.loads((tmp_path / "viz" / "viz.json").read_text())
     assert replay["returns"][0] == pytest.approx(result["return_at_share"], abs=1e-3)
     # running --prune again replaces its own previous output
-    proc = run_cli("--ckpt", str(pendulum_run), "--prune", "--episodes", "1", "--keep", "1",
+    proc = run_main("--ckpt", str(pendulum_run), "--prune", "--episodes", "1", "--keep", "1",
                    "--out", str(out), script="viz.py")
     assert proc.returncode == 0, proc.stderr[-2000:]
