@@ -11,6 +11,7 @@ exit statuses, imports).
 
 import contextlib
 import io
+import os
 import subprocess
 from pathlib import Path
 
@@ -25,9 +26,15 @@ def run_main(*args, cwd=ROOT, script="train.py") -> subprocess.CompletedProcess:
     main = {"train.py": cli.main, "viz.py": viz_cli.main}[script]
     out, err = io.StringIO(), io.StringIO()
     args = [str(a) for a in args]
-    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(args)
-        except SystemExit as exit_:  # argparse's --help and usage errors
-            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    environ = dict(os.environ)  # as a process's would, what the command sets there ends here
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as exit_:  # argparse's --help and usage errors
+                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    finally:  # (train.py asks for one CPU device per core for a group: $XLA_FLAGS)
+        os.environ.clear()
+        os.environ.update(environ)
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
