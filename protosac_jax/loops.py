@@ -722,6 +722,8 @@ def init_group_jit(loop: Loop, keys, values) -> TrainState:
     """`init_group` compiled, the warm-up length passed in (as `init_state_jit`)."""
     return _init_group_program(loop, keys, values,
                                jnp.asarray(loop.cfg.learning_starts, jnp.int32))
+
+
 run_group_chunk_jit = jax.jit(run_group_chunk, static_argnums=(0,), donate_argnums=(1,))
 project_group_jit = jax.jit(project_group, static_argnums=(0,), static_argnames=("final",))
 

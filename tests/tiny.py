@@ -35,6 +35,7 @@ def xla_flags(devices: int | None = None, fusion_emitters: bool = False) -> str:
         return flags
     return f"{flags} --xla_force_host_platform_device_count={devices}"
 
+
 BUFFER = 600  # rows: every tiny run is at least this long
 # The preset's 2 updates per env step, local feedback, rollout-drawn prototype states and
 # guarded re-selection are pinned off: the suite's many tiny runs keep one cheap program;
