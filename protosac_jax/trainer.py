@@ -64,6 +64,17 @@ def enable_compilation_cache(path: str | None = None) -> str:
     return path
 
 
+def _use_compilation_cache() -> None:
+    """The persistent compile cache for a run, except a multi-process one (--distributed):
+    on this machine a second 2-process run that loaded the first one's programs from the
+    cache hung in its first cross-process all-reduce (both processes idle; 2026-12-08,
+    tests/test_distributed.py run twice on one cache), so each process compiles its own."""
+    if jax.process_count() > 1:
+        jax.config.update("jax_enable_compilation_cache", False)
+    else:
+        enable_compilation_cache()
+
+
 def default_run_dir(cfg: TrainConfig, root: str = "checkpoints") -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{cfg.env}-{cfg.algo}-{cfg.seed}-{stamp}"
@@ -359,7 +370,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, progress: bool
                           "every process sees)")
     check_writable_dir(run_dir)
     parallel.barrier("protosac_run_dir_checked")  # every process checked before any writes
-    enable_compilation_cache()
+    _use_compilation_cache()
     loop = make_loop(cfg, env)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -461,7 +472,7 @@ def resume(run_dir: str | os.PathLike, progress: bool = True, quiet: bool = Fals
     from protosac_jax import parallel
 
     parallel.check_divisible(cfg)
-    enable_compilation_cache()
+    _use_compilation_cache()
     loop = make_loop(cfg, env)
     ts, meta = checkpoint.restore_train_state(run_dir, loop)
     if int(ts.env_steps) >= cfg.total_steps:

@@ -30,13 +30,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(args):
-    """The launch line of README's "plain hosts", with both hosts on this machine."""
+def _two_processes(args, cache):
+    """The launch line of README's "plain hosts", with both hosts on this machine; `cache`:
+    their $PROTOSAC_JAX_CACHE."""
     port = _free_port()
     procs = []
     for rank in (0, 1):
         env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-               "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(rank)}
+               "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(rank),
+               "PROTOSAC_JAX_CACHE": str(cache)}
         env["XLA_FLAGS"] = xla_flags()  # one device per process
         procs.append(subprocess.Popen([sys.executable, "train.py", *args, "--distributed"],
                                       cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -62,12 +64,16 @@ def test_two_processes_train_and_resume_the_run_of_two_devices_in_one_process(tm
     two = tmp_path / "two_processes"
     # 40 updates in the first half, 40 in the second: the run is bound by gloo's
     # cross-process all-reduces (about 0.2 s per update here), so updates are kept few
-    outs = _two_processes([*FLAGS, "--total-steps", "600", "--out", str(two)])
+    # the processes compile without the persistent cache: a second 2-process run that loaded
+    # the first one's programs from it hung in its first all-reduce (trainer)
+    cache = tmp_path / "cache"
+    outs = _two_processes([*FLAGS, "--total-steps", "600", "--out", str(two)], cache)
     assert "done: pendulum protosac seed 0" in outs[0][1]
     assert "done:" not in outs[1][1]  # process 0 reports, process 1 is quiet
     steps = [json.loads(x)["env_steps"] for x in (two / "metrics.jsonl").read_text().splitlines()]
     assert steps == [200, 400, 600]  # one writer, not one line per process
-    _two_processes(["--resume", str(two), "--total-steps", "640", "--no-progress"])
+    _two_processes(["--resume", str(two), "--total-steps", "640", "--no-progress"], cache)
+    assert not cache.exists() or not any(cache.iterdir())
 
     one = tmp_path / "one_process"
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
