@@ -68,7 +68,9 @@ def _use_compilation_cache() -> None:
     """The persistent compile cache for a run, except a multi-process one (--distributed):
     on this machine a second 2-process run that loaded the first one's programs from the
     cache hung in its first cross-process all-reduce (both processes idle; 2026-12-08,
-    tests/test_distributed.py run twice on one cache), so each process compiles its own."""
+    tests/test_distributed.py run twice on one cache, compiled with the test suite's
+    XLA_FLAGS; with XLA's default code generation both runs passed, the cause is not
+    known), so each process compiles its own."""
     if jax.process_count() > 1:
         jax.config.update("jax_enable_compilation_cache", False)
     else:
